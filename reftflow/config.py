@@ -1,0 +1,214 @@
+"""Typed configuration: `params.yaml` parsed once into frozen, validated objects.
+
+One section per stage (DVC's convention from iterative/example-get-started: a stage's
+`params:` in dvc.yaml lists the dotted keys it reads). Every stage receives its own typed
+section; nothing downstream reads raw dicts. An unknown key or a wrong type raises
+`ConfigError` whose message is one line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad params file: the message is one line naming the file and key."""
+
+
+class _Section(BaseModel):
+    # strict: a string where a number belongs is an error, not a silent cast.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataConfig(_Section):
+    source: Literal["synthetic", "jsonl", "hf"] = "synthetic"
+    """synthetic: the built-in word problems; jsonl: GSM8K-style file(s); hf: a Hugging Face dataset."""
+    path: str | None = None
+    """jsonl source: a GSM8K-style JSONL file (`question`, `answer` ending in `#### N`)."""
+    val_path: str | None = None
+    """jsonl source: an optional separate validation file; otherwise val is split off `path`."""
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    num_train: int = Field(1000, ge=1)
+    """synthetic: number of training questions generated (also a cap for other sources)."""
+    num_val: int = Field(200, ge=1)
+    """held-out questions split off by seed."""
+    min_ops: int = Field(1, ge=1, le=3)
+    max_ops: int = Field(3, ge=1, le=3)
+    max_operand: int = Field(20, ge=2)
+    worked_fraction: float = Field(1.0, ge=0.0, le=1.0)
+    """fraction of training items that keep their worked solution; the rest are answer-only
+    (the realistic RFT case: SFT can only learn from worked items, RL from all of them)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.min_ops > self.max_ops:
+            raise ValueError("min_ops must be <= max_ops")
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("source 'jsonl' needs data.path")
+        if self.source == "hf" and not self.hf_name:
+            raise ValueError("source 'hf' needs data.hf_name")
+        return self
+
+
+class ModelConfig(_Section):
+    name_or_path: str | None = None
+    """Any Hugging Face causal LM (name or local dir); null builds the tiny built-in model."""
+    hidden_size: int = Field(144, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    max_length: int = Field(160, ge=16)
+    """prompt + completion tokens; longer examples are refused at prepare time."""
+    torch_threads: int = Field(0, ge=0)
+    """0: leave torch's default; >0: torch.set_num_threads(n) in training stages."""
+
+
+class SFTConfig(_Section):
+    epochs: float = Field(30.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int = -1
+    """>0 overrides epochs (tests use a handful of steps)."""
+    logging_steps: int = Field(10, ge=1)
+
+
+class PPOConfig(_Section):
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    steps: int = Field(60, ge=1)
+    questions_per_step: int = Field(16, ge=1)
+    samples_per_question: int = Field(4, ge=1)
+    """K sampled reasoning paths per question (ReFT samples several per question)."""
+    ppo_epochs: int = Field(2, ge=1)
+    minibatch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.5, ge=0)
+    ent_coef: float = Field(0.0, ge=0)
+    kl_coef: float = Field(0.02, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    max_grad_norm: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(48, ge=1)
+    checkpoint_every: int = Field(20, ge=0)
+    """save a resumable checkpoint every N steps (0: never)."""
+    max_kl: float = Field(0.0, ge=0)
+    """stop early when the mean per-sequence KL to the reference exceeds this (0: no bound)."""
+    log_every: int = Field(1, ge=1)
+
+
+class EvaluateConfig(_Section):
+    max_new_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(64, ge=1)
+    max_samples: int = Field(0, ge=0)
+    """0: the whole val set."""
+    num_logged_samples: int = Field(20, ge=0)
+    """how many sample generations go to MLflow as a table."""
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    """minimum held-out accuracy of the PPO model."""
+    min_gain: float = Field(0.0)
+    """minimum held-out accuracy gain of PPO over its SFT warm-up (may be negative to allow a small loss)."""
+    min_score: float = Field(0.0, ge=0, le=1)
+    """minimum mean grader score of the PPO model."""
+    registered_model_name: str = "reftflow-policy"
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    sft: SFTConfig = SFTConfig()
+    ppo: PPOConfig = PPOConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    grader: dict[str, Any] | str = Field(
+        default_factory=lambda: {
+            "type": "numeric_answer",
+            "name": "final_answer",
+            "input": "{{ sample.output_text }}",
+            "reference": "{{ item.answer }}",
+            "extraction": "gsm8k",
+        }
+    )
+    """a grader object (see reftflow.graders) or a path to a JSON/YAML file holding one."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`, a classic trap)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a syntax error becomes a one-line ConfigError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if err["type"].startswith("value_error"):
+        msg = msg.removeprefix("Value error, ")
+    got = err.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None and len(repr(got)) < 60 else ""
+    return f"'{key}': {msg}{shown}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_describe(first)}{more}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Parse and validate a params file. Raises ConfigError with one line on any problem."""
+    return parse_params(read_yaml(path), source=str(path))

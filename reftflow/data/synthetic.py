@@ -1,0 +1,60 @@
+"""Seeded synthetic arithmetic word problems with GSM8K-style worked answers.
+
+Each problem has 1-3 add/subtract/multiply steps; the worked solution is one `a+b=c.` per
+step followed by `#### N`, the format GSM8K uses (Cobbe et al., 2021). Short templates keep
+the character-level default model fast while still needing multi-step reasoning.
+"""
+
+from __future__ import annotations
+
+import random
+
+from reftflow.data.records import Record
+
+NAMES = ["Ann", "Bob", "Cy", "Dee", "Eve", "Max", "Sam", "Tom", "Liz", "Kim"]
+ITEMS = ["apples", "pens", "cards", "eggs", "coins", "books", "cups", "hats"]
+
+
+def _step(rng: random.Random, value: int, max_operand: int) -> tuple[str, str, int]:
+    """One operation on the running value: (question clause, worked step, new value)."""
+    ops = ["add", "mul"] if value <= 1 else ["add", "sub", "mul"]
+    if value * 2 > 999:
+        ops.remove("mul")
+    op = rng.choice(ops)
+    if op == "add":
+        b = rng.randint(1, max_operand)
+        return f"They get {b} more.", f"{value}+{b}={value + b}.", value + b
+    if op == "sub":
+        b = rng.randint(1, value - 1)
+        return f"They lose {b}.", f"{value}-{b}={value - b}.", value - b
+    b = rng.randint(2, min(5, 999 // value))
+    return f"They get {b} times as many.", f"{value}*{b}={value * b}.", value * b
+
+
+def make_problem(rng: random.Random, idx: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20) -> Record:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    value = rng.randint(2, max_operand)
+    clauses, steps = [f"{name} has {value} {item}."], []
+    for _ in range(rng.randint(min_ops, max_ops)):
+        clause, step, value = _step(rng, value, max_operand)
+        clauses.append(clause)
+        steps.append(step)
+    clauses.append(f"How many {item} now?")
+    return Record(id=f"syn-{idx}", question=" ".join(clauses), answer=str(value), reasoning=" ".join(steps))
+
+
+def generate(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20) -> list[Record]:
+    """n distinct problems, identical for the same arguments (one private RNG, no global state)."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[Record] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"cannot generate {n} distinct problems with max_operand={max_operand}")
+        rec = make_problem(rng, len(out), min_ops, max_ops, max_operand)
+        if rec.question not in seen:
+            seen.add(rec.question)
+            out.append(rec)
+    return out
