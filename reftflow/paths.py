@@ -1,0 +1,22 @@
+"""Where each stage reads and writes, relative to the project root (the DVC repo)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+PREPARED = Path("data/prepared")
+TRAIN = PREPARED / "train.jsonl"
+VAL = PREPARED / "val.jsonl"
+SFT_MODEL = Path("models/sft")
+PPO_MODEL = Path("models/ppo")
+METRICS = Path("metrics")
+PREPARE_METRICS = METRICS / "prepare.json"
+SFT_METRICS = METRICS / "sft.json"
+PPO_METRICS = METRICS / "ppo.json"
+EVAL_METRICS = METRICS / "eval.json"
+GATE_METRICS = METRICS / "gate.json"
+PREDICTIONS = Path("data/predictions/val.jsonl")
+GATE_REPORT = METRICS / "gate.md"
+PLOTS = Path("plots")
+SFT_LOSS = PLOTS / "sft_loss.csv"
+PPO_CURVE = PLOTS / "ppo_curve.csv"
+CHECKPOINTS = Path("checkpoints")

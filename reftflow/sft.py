@@ -1,0 +1,99 @@
+"""SFT warm-up with TRL's SFTTrainer: prompt/completion pairs, loss on the completion only.
+
+ReFT (Luong et al., 2024, §3.1) warms the policy up on worked solutions before RL. Answer-only
+items have no solution to imitate, so SFT skips them; the RL stage uses every question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from reftflow.config import ModelConfig, SFTConfig
+from reftflow.data.records import Record
+from reftflow.prompting import completion_text, prompt_text
+
+
+def sft_examples(records: list[Record]) -> list[dict[str, str]]:
+    """TRL's prompt-completion format; only items with a worked solution."""
+    return [{"prompt": prompt_text(r.question), "completion": completion_text(r)} for r in records if r.reasoning]
+
+
+def train_sft(
+    records: list[Record],
+    model_cfg: ModelConfig,
+    cfg: SFTConfig,
+    out_dir: str | Path,
+    seed: int,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    work_dir: str | Path | None = None,
+) -> dict[str, float]:
+    """Train, save a normal HF model dir (+ tokenizer) to `out_dir`, return summary metrics.
+
+    `on_log(step, metrics)` receives the trainer's periodic logs (loss, lr, ...): the caller logs them.
+    """
+    import shutil
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from reftflow.modeling import count_parameters, init_model
+
+    examples = sft_examples(records)
+    if not examples:
+        raise ValueError("no training item has a worked solution: SFT needs at least one (data.worked_fraction)")
+    model, tokenizer = init_model(model_cfg, seed)
+    tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
+
+    class _Forward(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if on_log and logs:
+                on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+    out_dir = Path(out_dir)
+    work = Path(work_dir or tempfile.mkdtemp(prefix="reftflow-sft-"))
+    args = TRLSFTConfig(
+        output_dir=str(work),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        max_length=model_cfg.max_length,
+        completion_only_loss=True,
+        use_cpu=not _cuda(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, callbacks=[_Forward()])
+    result = trainer.train()
+    tokenizer.padding_side = "left"
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    if work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
+            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_steps": float(result.global_step),
+            "parameters": float(count_parameters(model))}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
