@@ -102,6 +102,10 @@ class PPOConfig(_Section):
     lam: float = Field(0.95, ge=0, le=1)
     whiten_advantages: bool = True
     max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay of the policy and value head."""
+    value_init_std: float = Field(0.0, ge=0)
+    """std of the value head's initial weights (0: zero-initialised, V = 0 at the start)."""
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(48, ge=1)
     checkpoint_every: int = Field(20, ge=0)

@@ -207,8 +207,21 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         logger.client.set_terminated(run.info.run_id, status=status)
 
 
+def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
+    """The current champion's version and tags, or None when there is none."""
+    mlflow = _mlflow()
+    try:
+        mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception:  # noqa: BLE001 - no such model or alias: there is no champion yet
+        return None
+    info: dict[str, Any] = {"version": str(mv.version), **mv.tags}
+    if "accuracy" in info:
+        info["accuracy"] = float(info["accuracy"])
+    return info
+
+
 def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias: str = "champion",
-                      max_new_tokens: int = 48) -> dict[str, Any]:
+                      tags: Mapping[str, Any] | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
     """Log the model as an MLflow transformers model in `logger`'s run, register it and alias it.
 
     An in-memory pipeline is logged (logging a local dir fails with transformers 5.24, REFERENCE.md
@@ -234,4 +247,6 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias
     mv = mlflow.register_model(info.model_uri, name)
     logger.client.set_registered_model_alias(name, alias, mv.version)
     logger.client.set_model_version_tag(name, mv.version, "validation", "passed")
+    for key, value in (tags or {}).items():
+        logger.client.set_model_version_tag(name, mv.version, key, str(value))
     return {"model_uri": info.model_uri, "name": name, "version": str(mv.version), "alias": alias}

@@ -1,0 +1,43 @@
+"""Held-out evaluation: greedy decoding on the val set, scored by the configured grader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reftflow.data.records import Record
+from reftflow.prompting import item_dict, prompt_text
+
+FULL_MARKS = 1.0 - 1e-9
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    rows: list[dict]
+    """per-sample predictions: id, question, reference answer, output, score, error."""
+
+
+def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new_tokens: int, batch_size: int,
+                   label: str) -> EvalResult:
+    """Greedy accuracy (share of samples with full grader marks) and mean grader score."""
+    from reftflow.modeling import load_model
+    from reftflow.ppo.rollout import generate_greedy
+
+    model, tok = load_model(model_dir)
+    outputs = generate_greedy(model, tok, [prompt_text(r.question) for r in records], max_new_tokens, batch_size)
+    items = [item_dict(r) for r in records]
+    results = grader.grade_many(outputs, items)
+    rows = [
+        {"model": label, "id": r.id, "question": r.question, "reference": r.answer, "output": out,
+         "score": res.score, "error": res.error}
+        for r, out, res in zip(records, outputs, results)
+    ]
+    n = max(len(rows), 1)
+    metrics = {
+        "accuracy": sum(1 for row in rows if row["score"] >= FULL_MARKS) / n,
+        "mean_score": sum(row["score"] for row in rows) / n,
+        "grader_errors": float(sum(1 for row in rows if row["error"])),
+        "samples": float(len(rows)),
+    }
+    return EvalResult(metrics, rows)

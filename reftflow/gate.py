@@ -1,0 +1,61 @@
+"""Promotion rules: pure functions from evaluation metrics to a decision with per-rule margins."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from reftflow.config import GateConfig
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    value: float
+    threshold: float
+    passed: bool
+
+    @property
+    def margin(self) -> float:
+        """How far above (+) or below (-) the threshold the value is."""
+        return self.value - self.threshold
+
+
+def _rule(name: str, description: str, value: float, threshold: float) -> Rule:
+    return Rule(name, description, value, threshold, value >= threshold - 1e-12)
+
+
+def decide(eval_metrics: dict, cfg: GateConfig, champion_accuracy: float | None = None) -> dict:
+    """Pass only when every rule holds. `champion_accuracy`: the current champion's accuracy on the
+    same val set (None when there is no comparable champion: the rule is then skipped)."""
+    ppo, gain = eval_metrics["ppo"], eval_metrics["gain"]
+    rules = [
+        _rule("min_accuracy", "PPO held-out accuracy", ppo["accuracy"], cfg.min_accuracy),
+        _rule("min_gain", "PPO accuracy gain over its SFT warm-up", gain["accuracy"], cfg.min_gain),
+        _rule("min_score", "PPO mean grader score", ppo["mean_score"], cfg.min_score),
+    ]
+    if champion_accuracy is not None:
+        rules.append(_rule("no_regression", "PPO accuracy vs the current champion", ppo["accuracy"],
+                           champion_accuracy))
+    passed = all(r.passed for r in rules)
+    return {
+        "decision": "pass" if passed else "fail",
+        "passed": passed,
+        "rules": [{**asdict(r), "margin": r.margin} for r in rules],
+    }
+
+
+def report_markdown(decision: dict, registered: dict | None = None) -> str:
+    lines = [f"# Gate: **{decision['decision'].upper()}**", "", "| rule | what | value | threshold | margin | |",
+             "|---|---|---|---|---|---|"]
+    for r in decision["rules"]:
+        mark = "pass" if r["passed"] else "FAIL"
+        lines.append(f"| `{r['name']}` | {r['description']} | {r['value']:.4f} | {r['threshold']:.4f} "
+                     f"| {r['margin']:+.4f} | {mark} |")
+    lines.append("")
+    if registered:
+        lines.append(f"Registered `{registered['name']}` version {registered['version']} with alias "
+                     f"`{registered['alias']}` ({registered['model_uri']}).")
+    else:
+        lines.append("Nothing was promoted.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""Stage `evaluate`: greedy held-out accuracy and mean grader score of the SFT and PPO models."""
+
+from __future__ import annotations
+
+from reftflow import paths
+from reftflow.config import Params
+from reftflow.stage import main
+
+
+def run(params: Params, _args) -> None:
+    from reftflow.data.records import read_records, write_jsonl
+    from reftflow.evaluation import evaluate_model
+    from reftflow.graders import build_grader
+    from reftflow.io import write_json
+    from reftflow.modeling import set_threads
+    from reftflow.prompting import item_dict
+    from reftflow.tracking import stage_run
+
+    cfg = params.evaluate
+    set_threads(params.model.torch_threads)
+    val = read_records(paths.VAL)
+    if cfg.max_samples:
+        val = val[: cfg.max_samples]
+    grader = build_grader(params.grader, item_fields=set(item_dict(val[0])))
+    with grader, stage_run("evaluate", {"evaluate": cfg.model_dump(), "grader": params.grader}) as run_log:
+        run_log.log_dataset(paths.VAL, "val", context="evaluation")
+        results = {label: evaluate_model(path, val, grader, cfg.max_new_tokens, cfg.batch_size, label)
+                   for label, path in (("sft", paths.SFT_MODEL), ("ppo", paths.PPO_MODEL))}
+        report = {label: res.metrics for label, res in results.items()}
+        report["gain"] = {
+            "accuracy": report["ppo"]["accuracy"] - report["sft"]["accuracy"],
+            "mean_score": report["ppo"]["mean_score"] - report["sft"]["mean_score"],
+        }
+        write_json(paths.EVAL_METRICS, report)
+        write_jsonl(paths.PREDICTIONS, [row for res in results.values() for row in res.rows])
+        for label, metrics in report.items():
+            run_log.log_metrics({f"{label}/{k}": v for k, v in metrics.items()})
+        run_log.log_artifact(paths.EVAL_METRICS, "metrics")
+        run_log.log_artifact(paths.PREDICTIONS, "predictions")
+        if cfg.num_logged_samples:
+            run_log.log_table([row for res in results.values() for row in res.rows[: cfg.num_logged_samples]],
+                              "eval/samples.json")
+    print(f"evaluate: SFT accuracy {report['sft']['accuracy']:.3f} (score {report['sft']['mean_score']:.3f}), "
+          f"PPO accuracy {report['ppo']['accuracy']:.3f} (score {report['ppo']['mean_score']:.3f})")
+
+
+if __name__ == "__main__":
+    main("evaluate", __doc__, run)

@@ -1,0 +1,76 @@
+"""Stage `ppo`: ReFT-style PPO (ours) or GRPO (TRL) from models/sft against the grader → models/ppo/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+from reftflow import paths
+from reftflow.config import Params
+from reftflow.stage import main
+
+
+def checkpoint_dir(params: Params) -> "paths.Path":
+    """Checkpoints are only resumed by a run with the same inputs: key them by everything that matters."""
+    from reftflow.tracking import file_md5
+
+    key = json.dumps({"ppo": params.ppo.model_dump(), "seed": params.seed, "grader": params.grader,
+                      "sft": file_md5(paths.SFT_MODEL / "model.safetensors"), "train": file_md5(paths.TRAIN)},
+                     sort_keys=True)
+    return paths.CHECKPOINTS / "ppo" / hashlib.md5(key.encode()).hexdigest()[:12]
+
+
+def run(params: Params, _args) -> None:
+    from reftflow.data.records import read_records
+    from reftflow.graders import build_grader
+    from reftflow.io import write_csv, write_json
+    from reftflow.modeling import set_threads
+    from reftflow.prompting import item_dict
+    from reftflow.tracking import stage_run
+
+    cfg = params.ppo
+    set_threads(params.model.torch_threads)
+    records = read_records(paths.TRAIN)
+    grader = build_grader(params.grader, item_fields=set(item_dict(records[0])))
+    ckpt = checkpoint_dir(params)
+    curve: list[dict[str, float]] = []
+    with grader, stage_run("ppo", {"seed": params.seed, "ppo": cfg.model_dump(), "grader": params.grader}) as run_log:
+        run_log.log_dataset(paths.TRAIN, "train", context="training")
+        if cfg.algorithm == "grpo":
+            from reftflow.grpo import train_grpo
+
+            steps = train_grpo(paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed)
+            stop_reason = None
+        else:
+            from reftflow.ppo.trainer import PPOTrainer
+
+            def grade_fn(texts: list[str], items: list[dict]) -> list[float]:
+                return [r.score for r in grader.grade_many(texts, items)]
+
+            trainer = PPOTrainer(paths.SFT_MODEL, records, cfg, grade_fn, paths.PPO_MODEL, ckpt, params.seed,
+                                 params.model.torch_threads)
+            steps = trainer.train()
+        for metrics in steps:
+            step = int(metrics["step"])
+            run_log.log_metrics(metrics, step=step)
+            curve.append({"step": step, **{k.split("/", 1)[-1]: v for k, v in metrics.items() if k != "step"}})
+        if cfg.algorithm == "ppo":
+            stop_reason = trainer.stop_reason
+        summary = {k: v for k, v in curve[-1].items()} if curve else {}
+        summary["stopped_early"] = stop_reason or ""
+        write_csv(paths.PPO_CURVE, curve)
+        write_json(paths.PPO_METRICS, summary)
+        run_log.set_tags({"reftflow.ppo.stop_reason": stop_reason or "completed"})
+        run_log.log_artifact(paths.PPO_CURVE, "plots")
+        run_log.log_artifact(paths.PPO_MODEL, "model")
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: a later run with the same inputs is DVC-cached
+    if stop_reason:
+        print(f"ppo: stopped early: {stop_reason}")
+    last = curve[-1] if curve else {}
+    print(f"ppo: {len(curve)} steps, last reward {last.get('reward_mean', float('nan')):.3f}, "
+          f"sample accuracy {last.get('accuracy', float('nan')):.3f}")
+
+
+if __name__ == "__main__":
+    main("ppo", __doc__, run)
