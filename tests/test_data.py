@@ -1,0 +1,119 @@
+"""Synthetic generator, GSM8K loader, splits and answer extraction."""
+
+import json
+
+import pytest
+
+from reftflow.answers import extract_answer, numbers_match, parse_number
+from reftflow.config import DataConfig
+from reftflow.data.formats import load_gsm8k_jsonl
+from reftflow.data.prepare import build_splits
+from reftflow.data.records import DataError
+from reftflow.data.synthetic import generate
+
+
+def _check_worked_solution(rec):
+    """Replay the `a+b=c.` steps: each is correct and chains into the next, ending in the answer."""
+    value = None
+    for step in rec.reasoning.split(". "):
+        lhs, rhs = step.rstrip(".").split("=")
+        a, op, b = next((lhs.partition(o) for o in "+-*" if o in lhs))
+        assert value is None or int(a) == value
+        value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        assert value == int(rhs)
+    assert str(value) == rec.answer
+
+
+def test_generator_is_deterministic_and_seed_dependent():
+    a, b, c = generate(50, seed=1), generate(50, seed=1), generate(50, seed=2)
+    assert a == b
+    assert a != c
+
+
+def test_generator_problems_are_correct_distinct_and_in_range():
+    recs = generate(300, seed=0, min_ops=1, max_ops=3)
+    assert len({r.question for r in recs}) == 300
+    for r in recs:
+        _check_worked_solution(r)
+        n_ops = r.reasoning.count("=")
+        assert 1 <= n_ops <= 3
+        assert int(r.answer) >= 0
+
+
+@pytest.mark.parametrize(
+    "text, method, expected",
+    [
+        ("3+4=7. #### 7", "gsm8k", "7"),  # the standard form
+        ("#### 1,234", "gsm8k", "1,234"),  # thousands separator kept as written
+        ("#### -5", "gsm8k", "-5"),  # negative
+        ("#### 3 then #### 9", "gsm8k", "9"),  # last marker wins
+        ("the answer is 7", "gsm8k", None),  # no marker: nothing extractable
+        ("####", "gsm8k", None),  # marker without a number
+        ("I had 3 then 12.5 left", "last_number", "12.5"),  # flexible mode
+        (r"so \boxed{42}", "boxed", "42"),  # LaTeX boxed
+        ("#### $1,000.50", "gsm8k", "$1,000.50"),  # currency
+    ],
+)
+def test_extract_answer(text, method, expected):
+    assert extract_answer(text, method) == expected
+
+
+@pytest.mark.parametrize("raw, value", [("1,234", 1234.0), ("$5", 5.0), ("2.50", 2.5), ("7.", 7.0), ("abc", None)])
+def test_parse_number(raw, value):
+    assert parse_number(raw) == value
+
+
+def test_numbers_match_tolerance():
+    assert numbers_match(7.0, 7.0000000001)
+    assert not numbers_match(7.0, 7.1)
+    assert not numbers_match(None, 7.0)
+
+
+def test_gsm8k_loader_normalises(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(
+        json.dumps({"question": "Q1?", "answer": "He has 2*3=<<2*3=6>>6 apples.\n#### 6"}) + "\n\n"
+        + json.dumps({"question": "Q2?", "answer": "1,200"}) + "\n"
+    )
+    a, b = load_gsm8k_jsonl(p)
+    assert (a.answer, a.reasoning) == ("6", "He has 2*3=6 apples.")
+    assert (b.answer, b.reasoning) == ("1200", None)  # answer-only item
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"question": "q"}', "d.jsonl:2: missing field 'answer'"),
+        ('{"question": "q", "answer": "no number here"}', "d.jsonl:2: field 'answer' has no final answer"),
+        ("{not json", "d.jsonl:2: invalid JSON"),
+        ("[1, 2]", "d.jsonl:2: expected a JSON object"),
+        ('{"question": "", "answer": "#### 1"}', "d.jsonl:2: field 'question' must be a non-empty string"),
+    ],
+)
+def test_gsm8k_loader_errors_name_file_and_line(tmp_path, line, message):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"question": "ok", "answer": "#### 1"}\n' + line + "\n")
+    with pytest.raises(DataError) as err:
+        load_gsm8k_jsonl(p)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_splits_are_seeded_disjoint_and_honour_worked_fraction():
+    cfg = DataConfig(num_train=200, num_val=50, worked_fraction=0.25)
+    train, val, report = build_splits(cfg, seed=3)
+    train2, val2, _ = build_splits(cfg, seed=3)
+    assert (train, val) == (train2, val2)
+    assert not {r.question for r in train} & {r.question for r in val}
+    assert report["train_worked"] == 50 and report["train_answer_only"] == 150
+    assert all(r.reasoning for r in val)  # val keeps references for inspection
+
+
+def test_leaking_val_questions_are_dropped_from_train(tmp_path):
+    rows = [{"question": f"q{i}?", "answer": f"#### {i}"} for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    cfg = DataConfig(source="jsonl", path=str(tmp_path / "train.jsonl"), val_path=str(tmp_path / "val.jsonl"),
+                     num_val=3)
+    train, val, report = build_splits(cfg, seed=0)
+    assert report["leaked_dropped"] == 3 and len(train) == 7 and len(val) == 3
