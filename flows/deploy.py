@@ -1,0 +1,65 @@
+"""Run the pipeline on a schedule as a Prefect deployment with a cron.
+
+    python -m flows.deploy                        # serve 'reftflow-pipeline/nightly' at 02:00 every day
+    python -m flows.deploy --cron "0 */6 * * *"   # every six hours
+    python -m flows.deploy --apply-only           # only register it (run it with a worker on a work pool)
+
+Serving blocks and runs each scheduled flow run in this process; Prefect pauses the deployment
+when it is stopped (REFERENCE.md §4). Point PREFECT_API_URL at a running `prefect server start`
+to see the schedule in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def build_deployment(name: str = "nightly", cron: str = "0 2 * * *", timezone: str = "UTC",
+                     project_dir: str | Path = "."):
+    from prefect.schedules import Cron
+
+    from flows.pipeline import pipeline
+
+    return pipeline.to_deployment(
+        name=name,
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={"project_dir": str(Path(project_dir).resolve())},
+        tags=["reftflow"],
+        description="reftflow: prepare → sft → ppo → evaluate → gate (DVC skips what is up to date)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reftflow.env import apply_defaults
+
+    apply_defaults()
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")
+    parser.add_argument("--cron", default="0 2 * * *", help="cron schedule (default: %(default)r)")
+    parser.add_argument("--timezone", default="UTC", help="timezone of the cron (default: %(default)s)")
+    parser.add_argument("--project-dir", default=".", help="project root the runs use (default: .)")
+    parser.add_argument("--apply-only", action="store_true", help="register the deployment and exit")
+    args = parser.parse_args(argv)
+    try:
+        from prefect.schedules import Cron
+
+        Cron(args.cron, timezone=args.timezone)
+    except Exception as e:  # noqa: BLE001 - croniter/pydantic raise several types; one line for the user
+        print(f"reftflow deploy: error: --cron {args.cron!r}: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    deployment = build_deployment(args.name, args.cron, args.timezone, args.project_dir)
+    if args.apply_only:
+        dep_id = deployment.apply()
+        print(f"registered deployment reftflow-pipeline/{args.name} ({dep_id}) on cron {args.cron!r}")
+        return 0
+    from prefect import serve
+
+    serve(deployment)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

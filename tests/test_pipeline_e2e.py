@@ -1,0 +1,102 @@
+"""End to end: the Prefect flow over a real DVC repo, a real MLflow SQLite store and Prefect's
+test server, on a tiny config. Then: nothing changed → nothing trains; a ppo.* change → only
+ppo, evaluate and gate run again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_PARAMS, make_project
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+STAGES = ["prepare", "sft", "ppo", "evaluate", "gate"]
+
+
+def _children(client, parent_id):
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
+def _last_parent(client):
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`reftflow.kind` = 'pipeline'", order_by=["start_time DESC"])
+    return runs[0], len(runs)
+
+
+def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+
+    project = make_project(tmp_path / "proj", TINY_PARAMS)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+
+    # 1. the first run runs every stage
+    summary = pipeline(project_dir=str(project), run_name="first")
+    assert summary["ran"] == dict.fromkeys(STAGES, True)
+    for rel in ["data/prepared/train.jsonl", "data/prepared/val.jsonl", "models/sft/model.safetensors",
+                "models/ppo/model.safetensors", "metrics/eval.json", "metrics/gate.json",
+                "data/predictions/val.jsonl", "plots/sft_loss.csv", "plots/ppo_curve.csv", "dvc.lock"]:
+        assert (project / rel).exists(), rel
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert 0.0 <= ev["sft"]["accuracy"] <= 1.0 and ev["sft"]["samples"] == 12
+    gate = json.loads((project / "metrics/gate.json").read_text())
+    assert gate["decision"] == "pass" and gate["registered"]["alias"] == "champion"
+
+    parent, n_parents = _last_parent(client)
+    assert n_parents == 1 and parent.info.status == "FINISHED"
+    assert parent.data.params["ppo.steps"] == "2"
+    assert "mlflow.source.git.commit" in parent.data.tags
+    children = _children(client, parent.info.run_id)
+    assert sorted(children) == sorted(STAGES)
+    assert all(c.info.status == "FINISHED" for c in children.values())
+
+    # per-step metrics with their steps
+    sft_loss = client.get_metric_history(children["sft"].info.run_id, "sft/loss")
+    assert [m.step for m in sft_loss] == [1, 2, 3]
+    ppo_id = children["ppo"].info.run_id
+    for key in ["ppo/reward_mean", "ppo/accuracy", "ppo/kl", "ppo/value_loss", "ppo/clipfrac", "ppo/entropy"]:
+        assert [m.step for m in client.get_metric_history(ppo_id, key)] == [1, 2], key
+
+    # dataset inputs carry DVC's md5 of the prepared data
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    train_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"].endswith("train.jsonl"))
+    inputs = client.get_run(ppo_id).inputs.dataset_inputs
+    assert [i.dataset.digest for i in inputs] == [train_md5]
+
+    # artifacts: predictions, gate report, models
+    eval_files = {f.path for f in client.list_artifacts(children["evaluate"].info.run_id, "predictions")}
+    assert "predictions/val.jsonl" in eval_files
+    assert client.list_artifacts(children["gate"].info.run_id, "gate")
+    assert client.list_artifacts(ppo_id, "model")
+
+    # the registry: a version aliased champion
+    mv = client.get_model_version_by_alias("reftflow-policy", "champion")
+    assert mv.version == "1"
+
+    # 2. nothing changed: no stage runs, no child runs, nothing registered
+    summary = pipeline(project_dir=str(project), run_name="noop")
+    assert summary["ran"] == dict.fromkeys(STAGES, False)
+    parent2, n_parents = _last_parent(client)
+    assert n_parents == 2 and _children(client, parent2.info.run_id) == {}
+    assert len(client.search_model_versions("name='reftflow-policy'")) == 1
+
+    # 3. a ppo.* change (and a stricter gate): only ppo, evaluate and gate run; the gate fails, nothing promoted
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ppo"]["lr"] = 2e-4
+    params["gate"]["min_accuracy"] = 1.01 - 0.01  # 1.0: the tiny model cannot reach it
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    summary = pipeline(project_dir=str(project), run_name="ppo-change")
+    assert summary["ran"] == {"prepare": False, "sft": False, "ppo": True, "evaluate": True, "gate": True}
+    assert summary["gate"]["decision"] == "fail" and summary["gate"]["registered"] is None
+    parent3, _ = _last_parent(client)
+    assert sorted(_children(client, parent3.info.run_id)) == ["evaluate", "gate", "ppo"]
+    assert len(client.search_model_versions("name='reftflow-policy'")) == 1
+    assert client.get_model_version_by_alias("reftflow-policy", "champion").version == "1"
