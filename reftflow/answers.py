@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 
-_NUMBER = r"[-+]?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\$?\s?\.\d+"
+# a space may follow `$` (`$ 5`) but not a sign: in `20 - 8` the minus is subtraction, the answer is 8
+_NUMBER = r"[-+]?(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?(?:\$\s?)?\.\d+"
 _GSM8K = re.compile(r"####\s*(" + _NUMBER + r")")
 _ANY_NUMBER = re.compile(_NUMBER)
 _BOXED = re.compile(r"\\boxed\{\s*(" + _NUMBER + r")\s*\}")

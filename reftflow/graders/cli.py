@@ -1,0 +1,141 @@
+"""`reftflow grade`: run a grader over a JSONL file of samples (like OpenAI's grader run/validate endpoints).
+
+    reftflow grade --grader G.json --input S.jsonl [--output O.jsonl]
+    reftflow grade --grader G.json --validate [--input S.jsonl]
+
+Each input line is {"item": {...}, "output_text": "..."}; each output line is {"score", "sub_scores",
+"error"} in input order (to --output atomically, else stdout). A summary goes to stderr. A bad grader or a
+bad input line is one line on stderr and exit status 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from reftflow.graders.base import GraderConfigError
+from reftflow.graders.spec import build_grader
+
+EXIT_BAD_INPUT = 2
+
+
+class InputError(ValueError):
+    pass
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "grade",
+        help="score samples with a grader (or --validate a grader)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--grader", required=True, help="grader object: a .json/.yaml/.yml file")
+    p.add_argument("--input", help="JSONL of samples: {\"item\": {...}, \"output_text\": \"...\"} per line")
+    p.add_argument("--output", help="JSONL of results (default: stdout)")
+    p.add_argument("--validate", action="store_true", help="only check the grader (and --input's item fields)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def read_samples(path: str) -> tuple[list[str], list[dict]]:
+    texts, items = [], []
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{number}: expected an object with 'item' and 'output_text'")
+            if not isinstance(row.get("item"), dict):
+                raise InputError(f"{path}:{number}: missing 'item' (an object)")
+            if not isinstance(row.get("output_text"), str):
+                raise InputError(f"{path}:{number}: missing 'output_text' (a string)")
+            texts.append(row["output_text"])
+            items.append(row["item"])
+    return texts, items
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"reftflow grade: error: {message}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
+        return _fail(f"internal error: {type(e).__name__}: {e}", 1)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.validate and not args.input:
+        return _fail("--input is required (or use --validate)")
+    texts: list[str] = []
+    items: list[dict] = []
+    item_fields = None
+    try:
+        if args.input:
+            texts, items = read_samples(args.input)
+            # "a field no item has": the union of item fields in the file
+            item_fields = set().union(*(it.keys() for it in items)) if items else None
+        grader = build_grader(args.grader, item_fields=item_fields)
+    except (GraderConfigError, InputError) as e:
+        return _fail(str(e))
+    with grader:
+        if args.validate:
+            checked = f", {len(items)} samples' item fields checked" if args.input else ""
+            print(f"OK: grader {grader.name!r} ({grader.type}){checked}")
+            return 0
+        start = time.perf_counter()
+        results = grader.grade_many(texts, items, progress=not args.no_progress)
+        elapsed = time.perf_counter() - start
+    lines = "".join(
+        json.dumps({"score": r.score, "sub_scores": r.sub_scores, "error": r.error}, ensure_ascii=False) + "\n"
+        for r in results
+    )
+    if args.output:
+        _write_atomic(Path(args.output), lines)
+    else:
+        sys.stdout.write(lines)
+        sys.stdout.flush()
+    n = len(results)
+    errors = sum(r.error is not None for r in results)
+    mean = sum(r.score for r in results) / n if n else 0.0
+    rate = n / elapsed if elapsed > 0 else float("inf")
+    print(
+        f"graded {n} samples with {grader.name!r}: mean score {mean:.4f}, {errors} errored, "
+        f"{rate:,.0f} samples/s ({elapsed:.2f} s)",
+        file=sys.stderr,
+    )
+    if errors:
+        first = next(r.error for r in results if r.error)
+        print(f"first error: {first}", file=sys.stderr)
+    return 0
