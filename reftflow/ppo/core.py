@@ -1,0 +1,194 @@
+"""PPO math for ReFT: pure tensor functions, no I/O, no logging, no config parsing.
+
+Shapes follow verl's `core_algos.py`: every token-level tensor is `(bs, response_length)` and
+`mask` (the response mask, 1 up to and including EOS) says which positions are real tokens.
+Loss functions return `(loss, metrics)` where metrics are detached 0-d tensors; the trainer
+averages and logs them in one place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "compute_gae",
+    "kl_penalty",
+    "shape_rewards",
+    "policy_loss",
+    "value_loss",
+    "entropy_from_logits",
+    "logprobs_from_logits",
+]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `x` over positions where `mask` is 1 (all of them when dim is None)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries (Bessel-corrected when there are at least two)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = mask.to(x.dtype).sum()
+        if n > 1:
+            var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; masked-out positions come back as 0.
+
+    `shift_mean=False` keeps the mean (only rescales), as TRL does for rewards.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016) over response tokens.
+
+    Args:
+        rewards: (bs, T) token-level rewards (KL penalty per token + score at the last token).
+        values: (bs, T) value of the state before each response token.
+        mask: (bs, T) 1 for real tokens. Masked positions are skipped: they neither bootstrap
+            nor receive advantage, so values there are ignored (verl's invariant); the value after
+            the last real token is 0 (the episode ends at EOS or at the length limit).
+        gamma, lam: discount and GAE lambda.
+
+    Returns:
+        (advantages, returns), both (bs, T) and 0 at masked positions; returns = advantages + values.
+    """
+    mask = mask.to(values.dtype)
+    bs, T = rewards.shape
+    next_value = torch.zeros(bs, dtype=values.dtype, device=values.device)
+    last_gae = torch.zeros_like(next_value)
+    advantages = torch.zeros_like(values)
+    for t in reversed(range(T)):  # T is a few dozen tokens: a loop over T, vectorised over the batch
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        gae = delta + gamma * lam * last_gae
+        # at a masked position carry the running quantities through unchanged
+        last_gae = m * gae + (1 - m) * last_gae
+        next_value = m * values[:, t] + (1 - m) * next_value
+        advantages[:, t] = m * gae
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from log-probs of tokens sampled from pi.
+
+    Estimators from John Schulman, "Approximating KL Divergence" (http://joschu.net/blog/kl-approx.html),
+    with log r = ref_logp - logp:
+      k1 = -log r               (unbiased, high variance, can be negative per sample)
+      k2 = (log r)^2 / 2        (biased, low variance, >= 0)
+      k3 = (r - 1) - log r      (unbiased, low variance, >= 0)
+    """
+    log_ratio = ref_logp - logp
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        log_ratio = log_ratio.clamp(-20.0, 20.0)  # exp() of a huge ratio would overflow to inf
+        return torch.exp(log_ratio) - 1 - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r} (expected k1, k2 or k3)")
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """(bs,) index of the last position where mask is 1 (0 for an all-zero row)."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return (positions * (mask > 0)).amax(dim=1)
+
+
+def shape_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Token rewards: -kl_coef * kl on every real token, plus the grader score on the last one.
+
+    The ReFT/TRL/verl convention (TRL `non_score_reward = -kl_coef * kl`, then the score at the
+    last token; verl `reward_tensor[i, valid_response_length - 1] = score`).
+
+    Args:
+        scores: (bs,) sequence scores from the grader.
+        kl: (bs, T) per-token KL estimates (see `kl_penalty`).
+        mask: (bs, T) response mask.
+    """
+    mask = mask.to(kl.dtype)
+    rewards = -kl_coef * kl * mask
+    last = last_token_index(mask)
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
+    return rewards
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate objective (Schulman et al., 2017, eq. 7), as a loss to minimise.
+
+    loss = mean over real tokens of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)).
+    """
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        metrics = {
+            "ppo/clipfrac": masked_mean((clipped > unclipped).to(logp.dtype), mask),
+            # k3 estimate of KL(old || new): http://joschu.net/blog/kl-approx.html (as cleanrl does)
+            "ppo/approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+            "ppo/ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, metrics
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (PPO2 / TRL / verl): 0.5 * mean max((v - R)^2, (v_clip - R)^2)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    err = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    with torch.no_grad():
+        metrics = {
+            "value/clipfrac": masked_mean((err_clipped > err).to(values.dtype), mask),
+            "value/mean": masked_mean(values, mask),
+            "value/error": masked_mean(err, mask),
+        }
+    return loss, metrics
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(bs, T, V) logits and (bs, T) token ids → (bs, T) log-probabilities of those tokens."""
+    logits = logits.float()
+    # gather then subtract logsumexp: no (bs, T, V) log-softmax tensor is materialised
+    return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(bs, T, V) logits → (bs, T) entropy of the categorical distribution, in nats."""
+    logits = logits.float()
+    probs = F.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)

@@ -1,0 +1,118 @@
+"""PPO math on hand-computed cases: losses with the clip active and inactive, KL estimators, whitening."""
+
+import math
+
+import pytest
+import torch
+
+from reftflow.ppo.core import (
+    entropy_from_logits,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    shape_rewards,
+    value_loss,
+)
+
+
+def test_masked_mean_ignores_masked_entries():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, -50.0, -50.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert masked_mean(x, mask).item() == pytest.approx(2.0)
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.5, 3.0]))
+
+
+def test_masked_whiten_has_zero_mean_unit_std_on_the_mask():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 9, generator=g) * 3 + 5
+    mask = (torch.rand(4, 9, generator=g) > 0.4).float()
+    w = masked_whiten(x, mask)
+    vals = w[mask.bool()]
+    assert vals.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert vals.std().item() == pytest.approx(1.0, abs=1e-4)
+    assert torch.all(w[~mask.bool()] == 0)
+    # shift_mean=False rescales only: the mean is kept
+    kept = masked_whiten(x, mask, shift_mean=False)[mask.bool()]
+    assert kept.mean().item() == pytest.approx(x[mask.bool()].mean().item(), abs=1e-5)
+
+
+def test_kl_estimators_on_hand_values():
+    # pi(token) = 0.5, pi_ref(token) = 0.25  ->  log r = log(pi_ref / pi) = log 0.5
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    lr = math.log(0.5)
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(-lr)  # 0.6931
+    assert kl_penalty(logp, ref, "k2").item() == pytest.approx(0.5 * lr**2)  # 0.2402
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 - 1 - lr)  # 0.1931
+    same = torch.tensor([-1.3])
+    for est in ("k1", "k2", "k3"):
+        assert kl_penalty(same, same, est).item() == 0.0
+    with pytest.raises(ValueError, match="k4"):
+        kl_penalty(logp, ref, "k4")
+
+
+def test_k3_is_finite_for_extreme_ratios():
+    out = kl_penalty(torch.tensor([-200.0]), torch.tensor([0.0]), "k3")
+    assert torch.isfinite(out).all()
+
+
+def test_shape_rewards_puts_score_on_last_valid_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    r = shape_rewards(torch.tensor([1.0, 0.1]), kl, mask, kl_coef=0.5)
+    torch.testing.assert_close(r, torch.tensor([[-0.05, -0.1, 1.0 - 0.15, 0.0], [0.1 - 0.5, 0.0, 0.0, 0.0]]))
+
+
+def test_policy_loss_hand_case_clip_active_and_inactive():
+    old = torch.zeros(1, 4)
+    # token 0: ratio 1.5, A=+1 -> clip active, objective uses 1.2  -> loss -1.2
+    # token 1: ratio 1.5, A=-1 -> pessimistic unclipped term 1.5   -> loss  1.5
+    # token 2: ratio 1.1, A=+2 -> inside the clip range            -> loss -2.2
+    # token 3: masked out (huge numbers must not matter)
+    logp = torch.log(torch.tensor([[1.5, 1.5, 1.1, 50.0]])).requires_grad_()
+    adv = torch.tensor([[1.0, -1.0, 2.0, 1e6]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    loss, m = policy_loss(logp, old, adv, mask, clip_range=0.2)
+    assert loss.item() == pytest.approx((-1.2 + 1.5 - 2.2) / 3)
+    assert m["ppo/clipfrac"].item() == pytest.approx(1 / 3)
+    loss.backward()
+    # d/dlogp of -A * ratio = -A * ratio / 3 where unclipped; 0 where the clip is active or masked
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, 1.5 / 3, -2.2 / 3, 0.0]]))
+
+
+def test_policy_loss_equals_plain_pg_on_policy():
+    logp = torch.randn(3, 5)
+    adv = torch.randn(3, 5)
+    mask = torch.ones(3, 5)
+    loss, m = policy_loss(logp, logp.clone(), adv, mask, 0.2)
+    assert loss.item() == pytest.approx(-adv.mean().item(), abs=1e-6)
+    assert m["ppo/clipfrac"].item() == 0.0 and m["ppo/approx_kl"].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_value_loss_hand_case():
+    # token 0: v=1.0, old=0.5, R=2.0 -> clipped v=0.7, errors 1.0 vs 1.69 -> 1.69 (clip counted)
+    # token 1: v=0.6, old=0.5, R=0.0 -> inside the clip range, both errors 0.36
+    values = torch.tensor([[1.0, 0.6, 7.0]], requires_grad=True)
+    old = torch.tensor([[0.5, 0.5, 0.0]])
+    returns = torch.tensor([[2.0, 0.0, -7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, m = value_loss(values, old, returns, mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.5 * (1.69 + 0.36) / 2)
+    assert m["value/clipfrac"].item() == pytest.approx(0.5)
+    loss.backward()
+    # clipped token: no gradient to v; unclipped: d/dv 0.5 * (v - R)^2 / 2 = (v - R) / 2
+    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.3, 0.0]]))
+
+
+def test_entropy_and_logprobs_from_logits():
+    V = 7
+    uniform = torch.zeros(2, 3, V)
+    torch.testing.assert_close(entropy_from_logits(uniform), torch.full((2, 3), math.log(V)))
+    peaked = torch.full((1, 1, V), -1e4)
+    peaked[..., 2] = 0.0
+    assert entropy_from_logits(peaked).item() == pytest.approx(0.0, abs=1e-5)
+    logits = torch.randn(2, 3, V)
+    tokens = torch.randint(0, V, (2, 3))
+    expected = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logprobs_from_logits(logits, tokens), expected)

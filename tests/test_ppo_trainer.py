@@ -1,0 +1,76 @@
+"""A tiny-model PPO run end to end: parameters change, metrics are finite, the output loads; KL bound."""
+
+import math
+
+import pytest
+import torch
+
+from reftflow.config import PPOConfig
+from reftflow.data.synthetic import generate
+from reftflow.ppo.smoke import digit_reward, make_policy
+from reftflow.ppo.trainer import PPOTrainer, numeric_reward
+from reftflow.ppo.value_head import VALUE_HEAD_FILE, PolicyWithValue
+
+REQUIRED = ["step", "ppo/reward_mean", "ppo/accuracy", "ppo/kl", "ppo/value_loss", "ppo/policy_loss", "ppo/clipfrac",
+            "ppo/entropy", "ppo/approx_kl", "ppo/lr", "value/clipfrac", "time/generate_s", "time/forward_s",
+            "time/update_s", "time/other_s", "time/step_s", "ppo/episodes_per_s"]
+
+
+def _cfg(**kw):
+    base = dict(steps=3, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=12,
+                lr=1e-3, checkpoint_every=0)
+    return PPOConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def sft(tmp_path):
+    torch.set_num_threads(1)
+    return make_policy(tmp_path / "sft")
+
+
+def test_numeric_reward_is_the_reft_reward():
+    items = [{"answer": "12"}] * 4
+    assert numeric_reward(["6+6=12. #### 12", "#### 13", "no answer", "#### 12.0"], items) == [1.0, 0.1, 0.0, 1.0]
+
+
+def test_ppo_smoke_changes_parameters_and_saves(sft, tmp_path):
+    before = {k: v.clone() for k, v in PolicyWithValue.from_pretrained(sft)[0].state_dict().items()}
+    trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(), digit_reward, tmp_path / "ppo", tmp_path / "ck", seed=0,
+                         torch_threads=1)
+    history = list(trainer.train())
+    assert [m["step"] for m in history] == [1, 2, 3] and trainer.stop_reason is None
+    for m in history:
+        missing = [k for k in REQUIRED if k not in m]
+        assert not missing, missing
+        assert all(math.isfinite(v) for v in m.values()), m
+        parts = m["time/generate_s"] + m["time/forward_s"] + m["time/update_s"] + m["time/other_s"]
+        assert parts == pytest.approx(m["time/step_s"])
+        assert 0.0 <= m["ppo/accuracy"] <= 1.0 and m["ppo/episodes"] == 8
+    assert history[-1]["ppo/kl"] != 0.0  # the policy moved away from the reference
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "ppo")  # a normal HF dir
+    assert (tmp_path / "ppo" / VALUE_HEAD_FILE).exists() and (tmp_path / "ppo" / "tokenizer.json").exists()
+    after, _ = PolicyWithValue.from_pretrained(tmp_path / "ppo")
+    changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before[k])]
+    assert "value_head.weight" in changed
+    unchanged = [k for k in before if k not in changed]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+
+
+def test_kl_bound_stops_early_and_still_saves(sft, tmp_path):
+    cfg = _cfg(steps=6, lr=5e-3, max_kl=1e-6, kl_estimator="k3")
+    trainer = PPOTrainer(sft, generate(16, seed=0), cfg, digit_reward, tmp_path / "ppo", tmp_path / "ck", seed=0,
+                         torch_threads=1)
+    history = list(trainer.train())
+    assert trainer.stop_reason is not None and trainer.stop_reason.startswith("kl_bound")
+    assert "max_kl" in trainer.stop_reason and f"step {history[-1]['step']}" in trainer.stop_reason
+    assert len(history) < 6 and history[-1]["ppo/kl"] > 1e-6
+    assert (tmp_path / "ppo" / "config.json").exists()
+
+
+def test_step_questions_cover_the_data_before_repeating(sft, tmp_path):
+    trainer = PPOTrainer(sft, generate(4, seed=0), _cfg(steps=1, questions_per_step=2), digit_reward, tmp_path / "p", tmp_path / "c", seed=0)
+    epoch0 = trainer._step_questions(1) + trainer._step_questions(2)
+    epoch1 = trainer._step_questions(3) + trainer._step_questions(4)
+    assert sorted(epoch0) == sorted(epoch1) == [0, 1, 2, 3] and epoch0 != epoch1  # reshuffled each pass
