@@ -222,7 +222,6 @@ def describe(e):
 
 
 def main():
-    setup = json.loads(sys.stdin.buffer.readline())
     # the protocol gets private descriptors; 0, 1 and 2 become /dev/null so print() and os.write(1) go nowhere
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -230,6 +229,7 @@ def main():
         os.dup2(devnull, fd)
     os.close(devnull)
     inp = os.fdopen(proto_in, "rb")
+    setup = json.loads(inp.readline())
     write = os.write
 
     def send(obj):
@@ -243,6 +243,9 @@ def main():
     roots = read_roots()
     os.chdir(scratch)
     sys.dont_write_bytecode = True
+    # importlib loads cached bytecode with marshal.loads, which the hook refuses (crafted code objects are
+    # a way out of the interpreter): an empty cache prefix makes later imports compile from source instead
+    sys.pycache_prefix = os.path.join(scratch, ".pycache")
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with EFBIG instead of killing us
 
     def on_alarm(signum, frame):
