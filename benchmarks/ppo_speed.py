@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         "episodes_per_s": args.questions * args.k / step_s,
         "step_s": step_s,
         "step_s_each": [m["time/step_s"] for m in timed],
+        "warmup_step_s_each": [m["time/step_s"] for m in history[:args.warmup]],
         "seconds": {p: mean(f"time/{p}_s") for p in PARTS} | {"score": mean("time/score_s")},
         "ppo_step_fraction": {p: mean(f"time/{p}_s") / step_s for p in PARTS},
         "response_length_mean": mean("ppo/response_length"),

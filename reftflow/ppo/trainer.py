@@ -111,8 +111,8 @@ class PPOTrainer:
         self.stop_reason: str | None = None
         self.step = 0
         self.rollouts_done = 0
-        self._perms: dict[int, list[int]] = {}
         """rollouts sampled by this process (the multi-process test checks each took part)."""
+        self._perms: dict[int, list[int]] = {}
         self._fingerprint = self._make_fingerprint()
 
         resume_from = self._find_checkpoint()
@@ -146,7 +146,6 @@ class PPOTrainer:
                     f"kl_bound: mean KL to the reference {metrics['ppo/kl']:.4g} nats/sequence exceeded "
                     f"ppo.max_kl={cfg.max_kl:g} at step {self.step}; stopped early and kept this policy"
                 )
-                metrics["ppo/stopped_kl_bound"] = 1.0
             if self.is_main_process:
                 yield metrics
             if self.stop_reason:
