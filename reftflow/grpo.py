@@ -34,10 +34,18 @@ def grpo_sizes(cfg: PPOConfig) -> dict[str, int]:
 
 
 def train_grpo(policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader, out_dir: str | Path,
-               seed: int, work_dir: str | Path | None = None) -> Iterator[dict[str, float]]:
+               seed: int, work_dir: str | Path | None = None, time_limit_s: float | None = None,
+               torch_threads: int = 0) -> Iterator[dict[str, float]]:
     """Train with GRPOTrainer, save a HF model dir to `out_dir`, then yield one metrics dict per RL step
-    (TRL logs per optimizer step; those are grouped back into RL steps of one generation batch)."""
+    (TRL logs per optimizer step; those are grouped back into RL steps of one generation batch).
+
+    `time_limit_s` stops training at the first RL-step boundary after that many seconds of training
+    (a wall-time-matched comparison with PPO); the model trained so far is saved as usual. Each RL
+    step's metrics carry `time/step_s` and `grpo/episodes_per_s` (an episode = one sampled, graded
+    and trained-on completion), measured from the trainer's step boundaries.
+    """
     import tempfile
+    import time
 
     import torch
     from datasets import Dataset
@@ -45,15 +53,28 @@ def train_grpo(policy_path: str | Path, records: list[Record], cfg: PPOConfig, g
     from trl import GRPOConfig, GRPOTrainer
 
     from reftflow.graders import as_reward_function
-    from reftflow.modeling import load_model
+    from reftflow.modeling import load_model, set_threads
 
+    set_threads(torch_threads)
     model, tok = load_model(policy_path)
     sizes = grpo_sizes(cfg)
+    per_rl_step = sizes["optimizer_steps_per_rl_step"]
     rows = [{"prompt": prompt_text(r.question), **{k: v if v is not None else "" for k, v in item_dict(r).items()}}
             for r in records]
     collected: list[tuple[int, dict[str, float]]] = []
+    step_ends: dict[int, float] = {}
+    """optimizer step -> wall time at its end (0: when training began)."""
 
     class _Collect(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            step_ends[0] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = step_ends[state.global_step] = time.perf_counter()
+            if (time_limit_s is not None and state.global_step % per_rl_step == 0
+                    and now - step_ends[0] >= time_limit_s):
+                control.should_training_stop = True
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:  # per-optimizer-step logs, not the final summary
                 collected.append((state.global_step, {k: float(v) for k, v in logs.items()
@@ -99,14 +120,19 @@ def train_grpo(policy_path: str | Path, records: list[Record], cfg: PPOConfig, g
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
 
-    per_rl_step = sizes["optimizer_steps_per_rl_step"]
+    episodes = cfg.questions_per_step * cfg.samples_per_question
     for rl_step in range(cfg.steps):
-        chunk = [m for s, m in collected if rl_step * per_rl_step < s <= (rl_step + 1) * per_rl_step]
+        first, last = rl_step * per_rl_step, (rl_step + 1) * per_rl_step
+        chunk = [m for s, m in collected if first < s <= last]
         if not chunk:
             continue
         keys = {k for m in chunk for k in m}
         mean = {k: sum(m[k] for m in chunk if k in m) / sum(1 for m in chunk if k in m) for k in keys}
-        yield {"step": rl_step + 1, "ppo/reward_mean": mean.get("reward", float("nan")),
+        timing = {}
+        if first in step_ends and last in step_ends:
+            step_s = step_ends[last] - step_ends[first]
+            timing = {"time/step_s": step_s, "grpo/episodes_per_s": episodes / step_s if step_s > 0 else float("nan")}
+        yield {"step": rl_step + 1, **timing, "ppo/reward_mean": mean.get("reward", float("nan")),
                "ppo/kl": mean.get("kl", 0.0), "ppo/entropy": mean.get("entropy", float("nan")),
                "ppo/policy_loss": mean.get("loss", float("nan")), "ppo/lr": mean.get("learning_rate", cfg.lr),
                **{f"grpo/{k.replace('/', '_')}": v for k, v in mean.items()}}

@@ -1,0 +1,299 @@
+"""ReFT vs SFT: does the RL stage beat continued SFT for the same wall time? One table, JSON to --out.
+
+    python benchmarks/reft_vs_sft.py                    # the default regime, 3 seeds (~35-40 min, 2 threads)
+    python benchmarks/reft_vs_sft.py --quick            # tiny sizes, a smoke test (< 2 min)
+    python benchmarks/reft_vs_sft.py --params params.yaml --seeds 0 1 2 3
+
+From one SFT warm-up checkpoint, each seed runs
+  (c) PPO (ours) for `ppo.steps` steps, timed: its wall time T is the budget of the others;
+  (b) SFT continued from the warm-up for T seconds (same lr/schedule as the warm-up, restarted,
+      with the schedule sized to T from the warm-up's measured step rate; a time limit stops it);
+  (d) GRPO (TRL GRPOTrainer, same grader, model, K and batch) for T seconds;
+and every model, with (a) the warm-up, is scored by greedy accuracy on the held-out questions.
+Episodes/s (an episode = one sampled answer graded and trained on) are the mean over RL steps after
+the first two (cold shapes); the PPO step fractions split a step into generation, scoring forwards
+(old policy + values, reference), update, and everything else (grading, GAE, metrics).
+
+The regime (data/model/sft/ppo sections, defaults below = the recommended params.yaml regime) can
+come from a params file with --params. Tune on another --data-seed, never on the table's val split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reftflow.config import DataConfig, ModelConfig, PPOConfig, SFTConfig, load_params  # noqa: E402
+
+ARMS = ["warmup", "sft_continued", "ppo", "grpo"]
+PARTS = ["generate", "forward", "update", "other"]
+GRADER = {"type": "numeric_answer", "name": "final_answer", "input": "{{ sample.output_text }}",
+          "reference": "{{ item.answer }}", "extraction": "gsm8k", "wrong_answer_score": 0.1}
+
+# The regime found in docs/regime.md (many answer-only questions, few worked solutions).
+REGIME = {
+    "data": DataConfig(num_train=2000, num_val=200, worked_fraction=0.2),
+    "model": ModelConfig(torch_threads=2),
+    "sft": SFTConfig(epochs=30, batch_size=32, lr=1e-3, lr_scheduler="cosine"),
+    "ppo": PPOConfig(steps=60, questions_per_step=16, samples_per_question=4, checkpoint_every=0),
+}
+QUICK = {
+    "data": DataConfig(num_train=48, num_val=16, max_ops=1, worked_fraction=0.5),
+    "model": ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, torch_threads=1),
+    "sft": SFTConfig(max_steps=6, batch_size=8, logging_steps=1000),
+    "ppo": PPOConfig(steps=3, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=16,
+                     checkpoint_every=0, lr=1e-3),
+}
+
+
+class Progress:
+    """One line per event on stderr, with the elapsed time of the whole run."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        m, s = divmod(int(time.perf_counter() - self.t0), 60)
+        print(f"[{m:3d}:{s:02d}] {msg}", file=sys.stderr, flush=True)
+
+
+def mean_std(xs: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
+
+
+def warm_mean(history: list[dict], key: str, skip: int = 2) -> float:
+    """Mean of `key` over the steps after the first `skip` (cold generate shapes), or all if too few."""
+    vals = [m[key] for m in history if key in m and math.isfinite(m[key])]
+    vals = vals[skip:] if len(vals) > skip else vals
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def quiet_stdout():
+    return contextlib.redirect_stdout(open(os.devnull, "w"))
+
+
+def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, out_dir: Path, seed: int,
+                 budget_s: float, steps_per_s: float) -> dict[str, float]:
+    """SFT from `policy` for `budget_s` seconds: TRL SFTTrainer as in reftflow.sft, plus a time limit.
+
+    The schedule (warm-up ratio, cosine decay) is sized to the steps expected in the budget, so the
+    arm gets a full schedule rather than one cut off at its peak learning rate.
+    """
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from reftflow.modeling import load_model
+    from reftflow.sft import sft_examples
+
+    model, tok = load_model(policy)
+    tok.padding_side = "right"
+    steps = max(1, int(budget_s * steps_per_s))
+    started: list[float] = []
+
+    class _TimeLimit(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            started.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.perf_counter() - started[0] >= budget_s:
+                control.should_training_stop = True
+
+    work = Path(tempfile.mkdtemp(prefix="reft-vs-sft-"))
+    args = TRLSFTConfig(
+        output_dir=str(work), max_steps=steps, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        logging_steps=10**9, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
+        max_length=model_cfg.max_length, completion_only_loss=True, use_cpu=True, dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_examples(records)),
+                         processing_class=tok, callbacks=[_TimeLimit()])
+    trainer.train()
+    wall = time.perf_counter() - started[0]
+    trainer.save_model(str(out_dir))
+    tok.padding_side = "left"
+    tok.save_pretrained(str(out_dir))
+    shutil.rmtree(work, ignore_errors=True)
+    return {"steps": trainer.state.global_step, "planned_steps": steps, "wall_s": wall}
+
+
+def run(args: argparse.Namespace) -> dict:
+    regime = dict(QUICK if args.quick else REGIME)
+    if args.params:
+        p = load_params(args.params)
+        regime = {"data": p.data, "model": p.model, "sft": p.sft, "ppo": p.ppo.model_copy(update={"checkpoint_every": 0})}
+    if args.ppo_steps:
+        regime["ppo"] = regime["ppo"].model_copy(update={"steps": args.ppo_steps})
+    data_cfg, model_cfg, sft_cfg, ppo_cfg = regime["data"], regime["model"], regime["sft"], regime["ppo"]
+    threads = args.threads if args.threads is not None else model_cfg.torch_threads
+    seeds = args.seeds or ([0, 1, 2])
+
+    import torch
+
+    from reftflow.data.prepare import build_splits
+    from reftflow.evaluation import evaluate_model
+    from reftflow.graders import build_grader
+    from reftflow.grpo import train_grpo
+    from reftflow.modeling import count_parameters, load_model, set_threads
+    from reftflow.ppo.trainer import PPOTrainer
+    from reftflow.sft import train_sft
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    set_threads(threads)
+    say = Progress()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="reft-vs-sft-"))
+    work.mkdir(parents=True, exist_ok=True)
+    grader = build_grader(GRADER)
+
+    def grade_fn(texts, items):
+        return [r.score for r in grader.grade_many(texts, items)]
+
+    def accuracy(model_dir: Path, label: str) -> float:
+        t = time.perf_counter()
+        res = evaluate_model(model_dir, val, grader, ppo_cfg.max_new_tokens, 100, label)
+        say(f"  {label}: held-out accuracy {res.metrics['accuracy']:.3f} (eval {time.perf_counter() - t:.0f}s)")
+        return res.metrics["accuracy"]
+
+    train, val, report = build_splits(data_cfg, args.data_seed)
+    say(f"data: {report['train_items']} train ({report['train_worked']} worked, {report['train_answer_only']} "
+        f"answer-only), {report['val_items']} held-out; data seed {args.data_seed}; {threads} thread(s)")
+
+    # (a) the warm-up, shared by every seed and arm
+    t = time.perf_counter()
+    warm = work / "warmup"
+    summary = train_sft(train, model_cfg, sft_cfg, warm, seed=args.data_seed)
+    warm_s = time.perf_counter() - t
+    sft_steps_per_s = summary["global_steps"] / max(summary["train_runtime_s"], 1e-9)
+    say(f"warm-up SFT: {int(summary['global_steps'])} steps on {int(summary['train_examples'])} worked items in "
+        f"{warm_s:.0f}s ({sft_steps_per_s:.2f} steps/s)")
+    acc: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    acc_warm = accuracy(warm, "warmup")
+    params = count_parameters(load_model(warm)[0])
+
+    eps = {"ppo": [], "grpo": []}
+    fractions: list[dict[str, float]] = []
+    per_seed = []
+    grpo_step_s = None
+    for seed in seeds:
+        say(f"seed {seed}")
+        acc["warmup"].append(acc_warm)
+        # (c) PPO, timed; its wall time is the budget of (b) and (d)
+        t = time.perf_counter()
+        trainer = PPOTrainer(warm, train, ppo_cfg, grade_fn, work / f"ppo-{seed}", work / f"ck-{seed}", seed=seed,
+                             torch_threads=threads)
+        history = []
+        for m in trainer.train():
+            history.append(m)
+            if m["step"] % max(1, ppo_cfg.steps // 10) == 0 or m["step"] == ppo_cfg.steps:
+                say(f"  ppo step {int(m['step'])}/{ppo_cfg.steps}: sample accuracy {m['ppo/accuracy']:.2f}, "
+                    f"kl {m['ppo/kl']:.2f}, {m['ppo/episodes_per_s']:.1f} episodes/s")
+        budget = time.perf_counter() - t
+        say(f"  ppo: {len(history)} steps in {budget:.0f}s (the budget of the other arms)")
+        del trainer
+        acc["ppo"].append(accuracy(work / f"ppo-{seed}", "ppo"))
+        eps["ppo"].append(warm_mean(history, "ppo/episodes_per_s"))
+        step_s = warm_mean(history, "time/step_s")
+        fractions.append({p: warm_mean(history, f"time/{p}_s") / step_s for p in PARTS})
+
+        # (b) SFT continued for the same wall time
+        with quiet_stdout():
+            sft = continue_sft(warm, train, model_cfg, sft_cfg, work / f"sft-{seed}", seed, budget, sft_steps_per_s)
+        say(f"  sft continued: {sft['steps']} steps (planned {sft['planned_steps']}) in {sft['wall_s']:.0f}s")
+        acc["sft_continued"].append(accuracy(work / f"sft-{seed}", "sft_continued"))
+
+        # (d) GRPO for the same wall time; its step count (lr schedule) sized from the last seed's speed
+        grpo_steps = ppo_cfg.steps if grpo_step_s is None else max(1, round(budget / grpo_step_s))
+        t = time.perf_counter()
+        with quiet_stdout():  # TRL prints every log dict
+            ghist = list(train_grpo(warm, train, ppo_cfg.model_copy(update={"steps": grpo_steps}), grader,
+                                    work / f"grpo-{seed}", seed=seed, work_dir=work / f"grpo-work-{seed}",
+                                    time_limit_s=budget, torch_threads=threads))
+        gwall = time.perf_counter() - t
+        grpo_step_s = warm_mean(ghist, "time/step_s")
+        eps["grpo"].append(warm_mean(ghist, "grpo/episodes_per_s"))
+        say(f"  grpo: {len(ghist)} steps (planned {grpo_steps}) in {gwall:.0f}s, "
+            f"{eps['grpo'][-1]:.1f} episodes/s (ppo {eps['ppo'][-1]:.1f})")
+        acc["grpo"].append(accuracy(work / f"grpo-{seed}", "grpo"))
+        per_seed.append({"seed": seed, "budget_s": budget, "ppo_steps": len(history), "sft_steps": sft["steps"],
+                         "grpo_steps": len(ghist), **{arm: acc[arm][-1] for arm in ARMS},
+                         "ppo_sample_accuracy_last": history[-1]["ppo/accuracy"] if history else None})
+
+    result = {
+        "heldout_accuracy": {arm: mean_std(acc[arm]) for arm in ARMS},
+        "seeds": seeds,
+        "episodes_per_s": {k: statistics.fmean(v) for k, v in eps.items()},
+        "ppo_step_fraction": {p: statistics.fmean(f[p] for f in fractions) for p in PARTS},
+        "per_seed": per_seed,
+        "setup": {
+            "quick": args.quick, "data_seed": args.data_seed, "torch_threads": threads, "parameters": params,
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
+            "warmup_s": warm_s, "data_report": report,
+            "data": data_cfg.model_dump(), "model": model_cfg.model_dump(), "sft": sft_cfg.model_dump(),
+            "ppo": ppo_cfg.model_dump(), "grader": GRADER,
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(result)
+    print(f"wrote {out}")
+    return result
+
+
+def print_table(r: dict) -> None:
+    h, s = r["heldout_accuracy"], r["setup"]
+    print(f"\nReFT vs SFT: {s['parameters']:,}-parameter model, {s['data_report']['train_items']} train questions "
+          f"({s['data_report']['train_worked']} worked), {s['data_report']['val_items']} held-out, "
+          f"seeds {r['seeds']}, {s['torch_threads']} thread(s), {s['device']}")
+    print(f"{'arm':<26}{'held-out accuracy':>20}{'vs warm-up':>12}")
+    names = {"warmup": "(a) SFT warm-up", "sft_continued": "(b) SFT continued, same T", "ppo": "(c) PPO (ours)",
+             "grpo": "(d) GRPO (TRL), same T"}
+    for arm in ARMS:
+        d = h[arm]["mean"] - h["warmup"]["mean"]
+        print(f"{names[arm]:<26}{100 * h[arm]['mean']:>12.1f} ± {100 * h[arm]['std']:<5.1f}{100 * d:>+11.1f}")
+    e = r["episodes_per_s"]
+    print(f"episodes/s: ppo {e['ppo']:.1f}, grpo {e['grpo']:.1f} ({e['ppo'] / e['grpo']:.2f}x)")
+    f = r["ppo_step_fraction"]
+    print("ppo step: " + ", ".join(f"{p} {100 * f[p]:.0f}%" for p in PARTS))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--quick", action="store_true", help="tiny model, data and steps: a smoke test (< 2 min)")
+    ap.add_argument("--params", help="take the data/model/sft/ppo sections from this params.yaml instead")
+    ap.add_argument("--seeds", type=int, nargs="+", help="RL / continued-SFT seeds (default: 0 1 2)")
+    ap.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the train/held-out split and the warm-up (tune on another one)")
+    ap.add_argument("--ppo-steps", type=int, help="override ppo.steps (and so the time budget)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: model.torch_threads)")
+    ap.add_argument("--workdir", help="keep models here (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--out", help="JSON result (default: benchmarks/results/reft_vs_sft.json; --quick: a temp file)")
+    args = ap.parse_args(argv)
+    if args.out is None:
+        quick_out = Path(tempfile.gettempdir()) / "reft_vs_sft_quick.json"
+        args.out = str(quick_out if args.quick else ROOT / "benchmarks" / "results" / "reft_vs_sft.json")
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()
