@@ -95,8 +95,17 @@ def validate(project_dir: str) -> dict:
     from reftflow.config import load_params
     from reftflow.graders import build_grader
 
-    params = load_params(Path(project_dir) / "params.yaml")
-    build_grader(params.grader, base_dir=Path(project_dir)).close()
+    from reftflow.config import ConfigError, read_yaml
+
+    project = Path(project_dir)
+    params = load_params(project / "params.yaml")
+    # DVC refuses a stage whose declared params are absent from params.yaml: say which, up front
+    raw = read_yaml(project / "params.yaml") or {}
+    for name, stage in (read_yaml(project / "dvc.yaml") or {}).get("stages", {}).items():
+        for key in stage.get("params", []):
+            if isinstance(key, str) and key.split(".")[0] not in raw:
+                raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads it)")
+    build_grader(params.grader, base_dir=project).close()
     return params.model_dump()
 
 

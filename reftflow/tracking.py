@@ -180,10 +180,26 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
         logger.client.set_terminated(run.info.run_id, status=status)
 
 
+class NullLogger:
+    """What non-main processes of a multi-process stage get: one process logs (accelerate/torchrun set RANK)."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[RunLogger]:
     """A child run for one stage under the parent named in REFTFLOW_PARENT_RUN_ID (or a top-level
     run tagged with the stage when a stage is run alone, e.g. by a bare `dvc repro`)."""
+    if not is_main_process():
+        yield NullLogger()  # type: ignore[misc]
+        return
     mlflow = _mlflow()
     parent = os.environ.get(PARENT_ENV)
     tags = {"reftflow.stage": stage, "reftflow.kind": "stage"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 
 from reftflow import paths
 from reftflow.config import Params
@@ -12,7 +13,8 @@ from reftflow.stage import main
 
 
 def checkpoint_dir(params: Params) -> "paths.Path":
-    """Checkpoints are only resumed by a run with the same inputs: key them by everything that matters."""
+    """Checkpoints are only resumed by a run with the same inputs. The trainer fingerprints its config,
+    seed and data; this key adds what it cannot see: the grader and the SFT weights' content."""
     from reftflow.tracking import file_md5
 
     key = json.dumps({"ppo": params.ppo.model_dump(), "seed": params.seed, "grader": params.grader,
@@ -27,7 +29,8 @@ def run(params: Params, _args) -> None:
     from reftflow.io import write_csv, write_json
     from reftflow.modeling import set_threads
     from reftflow.prompting import item_dict
-    from reftflow.tracking import stage_run
+    from reftflow.ppo.trainer import TrainingDiverged
+    from reftflow.tracking import is_main_process, stage_run
 
     cfg = params.ppo
     set_threads(params.model.torch_threads)
@@ -51,20 +54,29 @@ def run(params: Params, _args) -> None:
             trainer = PPOTrainer(paths.SFT_MODEL, records, cfg, grade_fn, paths.PPO_MODEL, ckpt, params.seed,
                                  params.model.torch_threads)
             steps = trainer.train()
-        for metrics in steps:
-            step = int(metrics["step"])
-            run_log.log_metrics(metrics, step=step)
-            curve.append({"step": step, **{k.split("/", 1)[-1]: v for k, v in metrics.items() if k != "step"}})
+        try:
+            for metrics in steps:
+                step = int(metrics["step"])
+                run_log.log_metrics(metrics, step=step)
+                curve.append({"step": step, **{k.removeprefix("ppo/").replace("/", "_"): v
+                                               for k, v in metrics.items() if k != "step"}})
+        except TrainingDiverged as e:
+            # nothing reaches models/ppo, the stage fails, the flow stops before gate: nothing is promoted
+            run_log.set_tags({"reftflow.ppo.stop_reason": f"diverged: {e}"})
+            print(f"reftflow ppo: error: {e}", file=sys.stderr)
+            raise SystemExit(3) from None
         if cfg.algorithm == "ppo":
             stop_reason = trainer.stop_reason
         summary = {k: v for k, v in curve[-1].items()} if curve else {}
         summary["stopped_early"] = stop_reason or ""
+        if not is_main_process():  # under accelerate/torchrun only rank 0 writes (the trainer saves the model)
+            return
         write_csv(paths.PPO_CURVE, curve)
         write_json(paths.PPO_METRICS, summary)
         run_log.set_tags({"reftflow.ppo.stop_reason": stop_reason or "completed"})
         run_log.log_artifact(paths.PPO_CURVE, "plots")
         run_log.log_artifact(paths.PPO_MODEL, "model")
-    shutil.rmtree(ckpt, ignore_errors=True)  # finished: a later run with the same inputs is DVC-cached
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: a rerun with the same inputs is DVC-cached anyway
     if stop_reason:
         print(f"ppo: stopped early: {stop_reason}")
     last = curve[-1] if curve else {}

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reftflow.env import PRIVACY_ENV
 
@@ -33,11 +34,19 @@ def prefect_server():
 
 def make_project(dest: Path, params_text: str) -> Path:
     """A real project in `dest`: the pipeline's code, dvc.yaml and params, in a git + DVC repo."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
     for pkg in ("reftflow", "tasks", "flows"):
         shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (dest / "params.yaml").write_text(params_text)
+    # DVC needs every param key that dvc.yaml names: start from the full params.yaml, then override
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in yaml.safe_load(params_text).items():
+        if isinstance(values, dict):
+            params[section] = {**params.get(section, {}), **values}
+        else:
+            params[section] = values
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/checkpoints/\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
