@@ -89,13 +89,10 @@ def run_stage(stage: str, parent_run_id: str, project_dir: str) -> bool:
     return ran
 
 
-@task(task_run_name="validate-params")
-def validate(project_dir: str) -> dict:
-    """Refuse a bad params.yaml or grader before any stage starts."""
-    from reftflow.config import load_params
+def check_project(project_dir: str | Path) -> dict:
+    """Refuse a bad params.yaml or grader before any stage starts; returns the validated params."""
+    from reftflow.config import ConfigError, load_params, read_yaml
     from reftflow.graders import build_grader
-
-    from reftflow.config import ConfigError, read_yaml
 
     project = Path(project_dir)
     params = load_params(project / "params.yaml")
@@ -107,6 +104,9 @@ def validate(project_dir: str) -> dict:
                 raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads it)")
     build_grader(params.grader, base_dir=project).close()
     return params.model_dump()
+
+
+validate = task(check_project, task_run_name="validate-params")
 
 
 def _summary(project_dir: Path, ran: dict[str, bool]) -> dict:
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from reftflow.stage import user_errors
 
     try:
+        check_project(args.project_dir)  # before Prefect starts: a typo costs one line, not a server start
         state = pipeline(project_dir=args.project_dir, run_name=args.run_name, return_state=True)
         state.result()
     except user_errors() as e:

@@ -1,0 +1,74 @@
+"""The flow's command line and its cron deployment."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("  lr: 1.0e-4", "  lrr: 1.0e-4", "params.yaml: unknown key 'ppo.lrr'"),
+        ("  epochs: 30", "  epochs: ten", "params.yaml: 'sft.epochs': Input should be a valid number (got 'ten')"),
+    ],
+)
+def test_typo_in_params_gives_one_line_and_exit_2(tmp_path, old, new, message):
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    text = (ROOT / "params.yaml").read_text()
+    assert old in text
+    (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
+    proc = subprocess.run([sys.executable, "-m", "flows.pipeline", "--project-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"reftflow: error: {tmp_path}/{message}"]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_section_is_named_before_dvc_would_fail(tmp_path):
+    from reftflow.config import ConfigError
+
+    from flows.pipeline import check_project
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    with pytest.raises(ConfigError, match=r"key 'data' is missing \(dvc.yaml stage 'prepare' reads it\)"):
+        check_project(tmp_path)
+
+
+def test_bad_grader_is_refused_before_any_stage(tmp_path):
+    from reftflow.graders import GraderConfigError
+
+    from flows.pipeline import check_project
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    text = (ROOT / "params.yaml").read_text().replace("  type: numeric_answer", "  type: numeric_answr")
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(GraderConfigError, match="numeric_answr"):
+        check_project(tmp_path)
+
+
+def test_cron_deployment_is_registered(prefect_server, tmp_path):
+    from prefect import get_client
+
+    from flows.deploy import build_deployment
+
+    dep_id = build_deployment(name="nightly-test", cron="0 2 * * *", project_dir=tmp_path).apply()
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment(dep_id)
+    assert dep.name == "nightly-test"
+    assert dep.schedules[0].schedule.cron == "0 2 * * *" and dep.schedules[0].active
+    assert dep.parameters["project_dir"] == str(tmp_path.resolve())
+
+
+def test_bad_cron_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "flows.deploy", "--cron", "every day", "--apply-only"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--cron 'every day'" in proc.stderr
