@@ -108,6 +108,9 @@ class PPOConfig(_Section):
     """std of the value head's initial weights (0: zero-initialised, V = 0 at the start)."""
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(48, ge=1)
+    num_processes: int = Field(1, ge=1)
+    """>1: the stage relaunches itself under torchrun with this many processes (DDP over gloo on CPU,
+    NCCL on GPUs): rollouts sharded, gradients all-reduced, rank 0 logs and saves."""
     checkpoint_every: int = Field(20, ge=0)
     """save a resumable checkpoint every N steps (0: never)."""
     max_kl: float = Field(0.0, ge=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 
@@ -23,7 +24,18 @@ def checkpoint_dir(params: Params) -> "paths.Path":
     return paths.CHECKPOINTS / "ppo" / hashlib.md5(key.encode()).hexdigest()[:12]
 
 
-def run(params: Params, _args) -> None:
+def relaunch(n: int, params_file: str) -> int:
+    """Run this stage under torchrun with n processes (what `accelerate launch --multi_gpu` also does)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "tasks.ppo", "--params", params_file]
+    return subprocess.run(cmd).returncode
+
+
+def run(params: Params, args) -> None:
+    if params.ppo.num_processes > 1 and "RANK" not in os.environ:
+        raise SystemExit(relaunch(params.ppo.num_processes, args.params))
     from reftflow.data.records import read_records
     from reftflow.graders import build_grader
     from reftflow.io import write_csv, write_json
