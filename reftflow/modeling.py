@@ -82,3 +82,17 @@ def set_threads(n: int) -> None:
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
+    """A HF Trainer's model + tokenizer → a normal model dir, written beside `out_dir` then renamed."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)

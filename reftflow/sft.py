@@ -40,7 +40,7 @@ def train_sft(
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from reftflow.modeling import count_parameters, init_model
+    from reftflow.modeling import count_parameters, init_model, save_trained
 
     examples = sft_examples(records)
     if not examples:
@@ -79,13 +79,7 @@ def train_sft(
                          processing_class=tokenizer, callbacks=[_Forward()])
     result = trainer.train()
     tokenizer.padding_side = "left"
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    save_trained(trainer, tokenizer, out_dir)
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),

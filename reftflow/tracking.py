@@ -142,6 +142,12 @@ class RunLogger:
 
         self.client.log_table(self.run_id, pd.DataFrame(rows), artifact_file)
 
+    def log_figure(self, figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, figure, artifact_file)
+        plt.close(figure)
+
     def log_dataset(self, path: str | Path, name: str, context: str) -> str:
         """Record a prepared data file as a dataset input, its digest = DVC's md5 of the file."""
         from mlflow.data.meta_dataset import MetaDataset
@@ -160,24 +166,33 @@ class RunLogger:
 
 
 @contextlib.contextmanager
-def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: Mapping[str, str] | None = None,
-                 project_dir: str | Path = ".") -> Iterator[RunLogger]:
-    """The parent run of one pipeline run; its id goes to stage subprocesses via the environment."""
-    mlflow = _mlflow()
-    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
-    all_tags = {"reftflow.kind": "pipeline", **(tags or {})}
+def _run(mlflow, exp_id: str, name: str, tags: dict[str, str], params: Mapping[str, Any] | None,
+         project_dir: str | Path = ".") -> Iterator[RunLogger]:
+    """Create a run with the git commit tag, log params, and close it FINISHED or FAILED."""
     commit = git_commit(project_dir)
     if commit:
-        all_tags["mlflow.source.git.commit"] = commit
-    run = mlflow.MlflowClient().create_run(exp_id, run_name=run_name or "pipeline", tags=all_tags)
+        tags["mlflow.source.git.commit"] = commit
+    run = mlflow.MlflowClient().create_run(exp_id, run_name=name, tags=tags)
     logger = RunLogger(mlflow, run.info.run_id)
-    logger.log_params(flatten(params))
+    if params:
+        logger.log_params(flatten(params))
     status = "FAILED"
     try:
         yield logger
         status = "FINISHED"
     finally:
         logger.client.set_terminated(run.info.run_id, status=status)
+
+
+@contextlib.contextmanager
+def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: Mapping[str, str] | None = None,
+                 project_dir: str | Path = ".") -> Iterator[RunLogger]:
+    """The parent run of one pipeline run; its id goes to stage subprocesses via the environment."""
+    mlflow = _mlflow()
+    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    with _run(mlflow, exp_id, run_name or "pipeline", {"reftflow.kind": "pipeline", **(tags or {})}, params,
+              project_dir) as logger:
+        yield logger
 
 
 class NullLogger:
@@ -208,19 +223,8 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         tags["mlflow.parentRunId"] = parent
     else:
         exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    run = mlflow.MlflowClient().create_run(exp_id, run_name=stage, tags=tags)
-    logger = RunLogger(mlflow, run.info.run_id)
-    if params:
-        logger.log_params(flatten(params))
-    status = "FAILED"
-    try:
+    with _run(mlflow, exp_id, stage, tags, params) as logger:
         yield logger
-        status = "FINISHED"
-    finally:
-        logger.client.set_terminated(run.info.run_id, status=status)
 
 
 def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:

@@ -87,6 +87,11 @@ def run(params: Params, args) -> None:
         write_json(paths.PPO_METRICS, summary)
         run_log.set_tags({"reftflow.ppo.stop_reason": stop_reason or "completed"})
         run_log.log_artifact(paths.PPO_CURVE, "plots")
+        if curve:
+            from reftflow.plots import curves_figure
+
+            keys = ["reward_mean", "accuracy", "kl", "value_loss", "entropy", "clipfrac"]
+            run_log.log_figure(curves_figure(curve, keys, f"RL ({cfg.algorithm})"), "plots/rl_curves.png")
         run_log.log_artifact(paths.PPO_MODEL, "model")
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: a rerun with the same inputs is DVC-cached anyway
     if stop_reason:

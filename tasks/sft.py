@@ -33,6 +33,11 @@ def run(params: Params, _args) -> None:
         write_csv(paths.SFT_LOSS, curve, ["step", "loss", "learning_rate", "grad_norm", "mean_token_accuracy"])
         write_json(paths.SFT_METRICS, summary)
         run_log.log_artifact(paths.SFT_LOSS, "plots")
+        if curve:
+            from reftflow.plots import curves_figure
+
+            run_log.log_figure(curves_figure(curve, ["loss", "mean_token_accuracy", "learning_rate"], "SFT warm-up"),
+                               "plots/sft_curves.png")
         run_log.log_artifact(paths.SFT_MODEL, "model")
     print(f"sft: {int(summary['train_examples'])} worked examples, {int(summary['global_steps'])} steps, "
           f"final loss {curve[-1]['loss'] if curve else float('nan'):.3f}")

@@ -76,6 +76,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     assert "predictions/val.jsonl" in eval_files
     assert client.list_artifacts(children["gate"].info.run_id, "gate")
     assert client.list_artifacts(ppo_id, "model")
+    assert "plots/rl_curves.png" in {f.path for f in client.list_artifacts(ppo_id, "plots")}
 
     # the registry: a version aliased champion
     mv = client.get_model_version_by_alias("reftflow-policy", "champion")

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from reftflow.graders.base import GraderConfigError
+from reftflow.io import atomic_write_text
 from reftflow.graders.spec import build_grader
 
 EXIT_BAD_INPUT = 2
@@ -69,18 +67,6 @@ def read_samples(path: str) -> tuple[list[str], list[dict]]:
     return texts, items
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     print(f"reftflow grade: error: {message}", file=sys.stderr)
     return code
@@ -122,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         for r in results
     )
     if args.output:
-        _write_atomic(Path(args.output), lines)
+        atomic_write_text(args.output, lines)
     else:
         sys.stdout.write(lines)
         sys.stdout.flush()

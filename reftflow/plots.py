@@ -1,0 +1,26 @@
+"""Training curves as PNG figures for MLflow (people would rather look than read a CSV)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+
+def curves_figure(rows: Sequence[Mapping[str, float]], keys: Sequence[str], title: str):
+    """One small panel per metric against `step`; keys missing from the rows are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; never opens a window
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
