@@ -64,7 +64,7 @@ class ModelConfig(_Section):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    max_length: int = Field(160, ge=16)
+    max_length: int = Field(256, ge=16)
     """prompt + completion tokens; longer examples are refused at prepare time."""
     torch_threads: int = Field(0, ge=0)
     """0: leave torch's default; >0: torch.set_num_threads(n) in training stages."""
