@@ -14,7 +14,17 @@ def build_parser() -> argparse.ArgumentParser:
     from reftflow.graders import cli as grade_cli
 
     grade_cli.add_parser(sub)
+    run = sub.add_parser("run", help="run the pipeline (the Prefect flow) in a project directory",
+                         description="Same as `python -m flows.pipeline`: prepare → sft → ppo → evaluate → gate.")
+    run.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")
+    run.set_defaults(func=_run_pipeline)
     return parser
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from flows.pipeline import main as pipeline_main
+
+    return pipeline_main(["--project-dir", args.project_dir])
 
 
 def main(argv: list[str] | None = None) -> int:

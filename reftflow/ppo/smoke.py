@@ -1,7 +1,7 @@
 """A tiny end-to-end PPO run on the synthetic task: the subprocess the resume and multi-process tests drive.
 
     python -m reftflow.ppo.smoke --workdir /tmp/run --make-policy
-    accelerate launch --num_processes 2 --cpu reftflow/ppo/smoke.py --workdir /tmp/run
+    CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes 2 reftflow/ppo/smoke.py --workdir /tmp/run
 
 Writes, under --workdir: `sft/` (with --make-policy), `ppo/` (the final policy), `checkpoints/`,
 `metrics.jsonl` (one line per step, main process), and `rank{r}.json` per process with its rollout

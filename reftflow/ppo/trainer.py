@@ -12,7 +12,10 @@ Per step (Luong et al., 2024, §3.2; the numbered phases follow TRL's PPO loop):
 Randomness is reseeded every step from (seed, step, rank), so a resumed run replays exactly what
 an uninterrupted one would have done. Only the main process writes files and yields metrics.
 
-Run with several processes:  accelerate launch --num_processes 2 --cpu <script using PPOTrainer>
+Run with several processes: `ppo.num_processes: 2` in params.yaml (the stage relaunches itself under
+torchrun), or `accelerate launch --multi_gpu --num_processes 2 -m tasks.ppo` (on a CPU-only machine
+with CUDA_VISIBLE_DEVICES= this is DDP over gloo; accelerate 1.15's `--cpu` launcher starts one
+process unless mpirun is set up).
 """
 
 from __future__ import annotations
