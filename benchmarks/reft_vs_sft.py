@@ -44,10 +44,10 @@ GRADER = {"type": "numeric_answer", "name": "final_answer", "input": "{{ sample.
 
 # The regime found in docs/regime.md (many answer-only questions, few worked solutions).
 REGIME = {
-    "data": DataConfig(num_train=2000, num_val=200, worked_fraction=0.2),
+    "data": DataConfig(num_train=2000, num_val=200, max_ops=2, max_operand=10, worked_fraction=0.25),
     "model": ModelConfig(torch_threads=2),
-    "sft": SFTConfig(epochs=30, batch_size=32, lr=1e-3, lr_scheduler="cosine"),
-    "ppo": PPOConfig(steps=60, questions_per_step=16, samples_per_question=4, checkpoint_every=0),
+    "sft": SFTConfig(epochs=40, batch_size=32, lr=1e-3, lr_scheduler="cosine", logging_steps=1000),
+    "ppo": PPOConfig(steps=60, questions_per_step=16, samples_per_question=4, lr=1e-5, checkpoint_every=0),
 }
 QUICK = {
     "data": DataConfig(num_train=48, num_val=16, max_ops=1, worked_fraction=0.5),
@@ -80,8 +80,11 @@ def warm_mean(history: list[dict], key: str, skip: int = 2) -> float:
     return statistics.fmean(vals) if vals else float("nan")
 
 
+@contextlib.contextmanager
 def quiet_stdout():
-    return contextlib.redirect_stdout(open(os.devnull, "w"))
+    """TRL's trainers print every log dict to stdout; the progress lines go to stderr."""
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
 
 
 def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, out_dir: Path, seed: int,
@@ -91,6 +94,7 @@ def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, 
     The schedule (warm-up ratio, cosine decay) is sized to the steps expected in the budget, so the
     arm gets a full schedule rather than one cut off at its peak learning rate.
     """
+    import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig as TRLSFTConfig
@@ -117,7 +121,8 @@ def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, 
         output_dir=str(work), max_steps=steps, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
         logging_steps=10**9, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
-        max_length=model_cfg.max_length, completion_only_loss=True, use_cpu=True, dataloader_num_workers=0,
+        max_length=model_cfg.max_length, completion_only_loss=True, use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
         disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_examples(records)),
@@ -220,7 +225,7 @@ def run(args: argparse.Namespace) -> dict:
         # (d) GRPO for the same wall time; its step count (lr schedule) sized from the last seed's speed
         grpo_steps = ppo_cfg.steps if grpo_step_s is None else max(1, round(budget / grpo_step_s))
         t = time.perf_counter()
-        with quiet_stdout():  # TRL prints every log dict
+        with quiet_stdout():
             ghist = list(train_grpo(warm, train, ppo_cfg.model_copy(update={"steps": grpo_steps}), grader,
                                     work / f"grpo-{seed}", seed=seed, work_dir=work / f"grpo-work-{seed}",
                                     time_limit_s=budget, torch_threads=threads))
