@@ -35,14 +35,14 @@ class DataConfig(_Section):
     hf_name: str | None = None
     hf_config: str | None = None
     hf_split: str = "train"
-    num_train: int = Field(1000, ge=1)
+    num_train: int = Field(2000, ge=1)
     """synthetic: number of training questions generated (also a cap for other sources)."""
     num_val: int = Field(200, ge=1)
     """held-out questions split off by seed."""
     min_ops: int = Field(1, ge=1, le=3)
-    max_ops: int = Field(3, ge=1, le=3)
-    max_operand: int = Field(20, ge=2)
-    worked_fraction: float = Field(1.0, ge=0.0, le=1.0)
+    max_ops: int = Field(2, ge=1, le=3)
+    max_operand: int = Field(10, ge=2)
+    worked_fraction: float = Field(0.25, ge=0.0, le=1.0)
     """fraction of training items that keep their worked solution; the rest are answer-only
     (the realistic RFT case: SFT can only learn from worked items, RL from all of them)."""
 
@@ -71,7 +71,7 @@ class ModelConfig(_Section):
 
 
 class SFTConfig(_Section):
-    epochs: float = Field(30.0, gt=0)
+    epochs: float = Field(40.0, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "cosine"
@@ -90,7 +90,7 @@ class PPOConfig(_Section):
     """K sampled reasoning paths per question (ReFT samples several per question)."""
     ppo_epochs: int = Field(2, ge=1)
     minibatch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-5, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     clip_range: float = Field(0.2, gt=0)
     value_clip_range: float = Field(0.2, gt=0)
