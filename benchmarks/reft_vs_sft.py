@@ -89,51 +89,17 @@ def quiet_stdout():
 
 def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, out_dir: Path, seed: int,
                  budget_s: float, steps_per_s: float) -> dict[str, float]:
-    """SFT from `policy` for `budget_s` seconds: TRL SFTTrainer as in reftflow.sft, plus a time limit.
+    """SFT from `policy` for `budget_s` seconds: reftflow.sft.train_sft with a time limit.
 
     The schedule (warm-up ratio, cosine decay) is sized to the steps expected in the budget, so the
     arm gets a full schedule rather than one cut off at its peak learning rate.
     """
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import SFTConfig as TRLSFTConfig
-    from trl import SFTTrainer
+    from reftflow.sft import train_sft
 
-    from reftflow.modeling import load_model
-    from reftflow.sft import sft_examples
-
-    model, tok = load_model(policy)
-    tok.padding_side = "right"
     steps = max(1, int(budget_s * steps_per_s))
-    started: list[float] = []
-
-    class _TimeLimit(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            started.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if time.perf_counter() - started[0] >= budget_s:
-                control.should_training_stop = True
-
-    work = Path(tempfile.mkdtemp(prefix="reft-vs-sft-"))
-    args = TRLSFTConfig(
-        output_dir=str(work), max_steps=steps, per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        logging_steps=10**9, save_strategy="no", report_to="none", seed=seed, data_seed=seed,
-        max_length=model_cfg.max_length, completion_only_loss=True, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_examples(records)),
-                         processing_class=tok, callbacks=[_TimeLimit()])
-    trainer.train()
-    wall = time.perf_counter() - started[0]
-    trainer.save_model(str(out_dir))
-    tok.padding_side = "left"
-    tok.save_pretrained(str(out_dir))
-    shutil.rmtree(work, ignore_errors=True)
-    return {"steps": trainer.state.global_step, "planned_steps": steps, "wall_s": wall}
+    summary = train_sft(records, model_cfg, cfg.model_copy(update={"max_steps": steps, "logging_steps": 10**9}),
+                        out_dir, seed, init_from=policy, time_limit_s=budget_s)
+    return {"steps": int(summary["global_steps"]), "planned_steps": steps, "wall_s": summary["wall_s"]}
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -53,7 +53,7 @@ def train_grpo(policy_path: str | Path, records: list[Record], cfg: PPOConfig, g
     from trl import GRPOConfig, GRPOTrainer
 
     from reftflow.graders import as_reward_function
-    from reftflow.modeling import load_model, set_threads
+    from reftflow.modeling import load_model, save_trained, set_threads
 
     set_threads(torch_threads)
     model, tok = load_model(policy_path)
@@ -109,14 +109,7 @@ def train_grpo(policy_path: str | Path, records: list[Record], cfg: PPOConfig, g
     trainer = GRPOTrainer(model=model, reward_funcs=as_reward_function(grader), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[_Collect()])
     trainer.train()
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    (tmp / "training_args.bin").unlink(missing_ok=True)
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    save_trained(trainer, tok, out_dir)
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,8 +13,12 @@ def curves_figure(rows: Sequence[Mapping[str, float]], keys: Sequence[str], titl
     import matplotlib.pyplot as plt
 
     keys = [k for k in keys if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    cols = max(1, min(3, len(keys)))
+    nrows = max(1, -(-len(keys) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 40 else None)
         ax.set_title(key, fontsize=9)

@@ -6,6 +6,7 @@ items have no solution to imitate, so SFT skips them; the RL stage uses every qu
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,10 +28,14 @@ def train_sft(
     seed: int,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     work_dir: str | Path | None = None,
+    init_from: str | Path | None = None,
+    time_limit_s: float | None = None,
 ) -> dict[str, float]:
     """Train, save a normal HF model dir (+ tokenizer) to `out_dir`, return summary metrics.
 
     `on_log(step, metrics)` receives the trainer's periodic logs (loss, lr, ...): the caller logs them.
+    `init_from` continues from a saved model instead of `model_cfg`'s; `time_limit_s` stops training
+    after that much wall time (the benchmark's time-matched "SFT continued" arm).
     """
     import shutil
     import tempfile
@@ -40,15 +45,23 @@ def train_sft(
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from reftflow.modeling import count_parameters, init_model, save_trained
+    from reftflow.modeling import count_parameters, init_model, load_model, save_trained
 
     examples = sft_examples(records)
     if not examples:
         raise ValueError("no training item has a worked solution: SFT needs at least one (data.worked_fraction)")
-    model, tokenizer = init_model(model_cfg, seed)
+    model, tokenizer = load_model(init_from) if init_from else init_model(model_cfg, seed)
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
+    started: list[float] = []
 
-    class _Forward(TrainerCallback):
+    class _Hooks(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            started.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time_limit_s is not None and time.perf_counter() - started[0] >= time_limit_s:
+                control.should_training_stop = True
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if on_log and logs:
                 on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
@@ -76,15 +89,16 @@ def train_sft(
         disable_tqdm=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=[_Forward()])
+                         processing_class=tokenizer, callbacks=[_Hooks()])
     result = trainer.train()
+    wall_s = time.perf_counter() - started[0]
     tokenizer.padding_side = "left"
     save_trained(trainer, tokenizer, out_dir)
     if work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
-            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "global_steps": float(result.global_step),
-            "parameters": float(count_parameters(model))}
+            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
+            "global_steps": float(result.global_step), "parameters": float(count_parameters(model))}
 
 
 def _cuda() -> bool:

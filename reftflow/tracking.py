@@ -33,8 +33,12 @@ def tracking_uri(project_dir: str | Path = ".") -> str:
 
 
 def ui_command(project_dir: str | Path = ".") -> str:
-    uri = tracking_uri(project_dir)
-    return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
+    """How to look at the results: the venv's own mlflow, so it works without activating anything."""
+    import sys
+
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    return (f"make ui  (or: {mlflow_bin} ui --backend-store-uri {tracking_uri(project_dir)} --port 5000)"
+            "  then open http://127.0.0.1:5000")
 
 
 def sanitize_key(key: str) -> str:
