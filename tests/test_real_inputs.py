@@ -15,7 +15,7 @@ def test_real_gsm8k_files_prepare_cleanly():
     from reftflow.data.prepare import build_splits
 
     cfg = DataConfig(source="jsonl", path=str(SHARED_GSM8K / "train.jsonl"), val_path=str(SHARED_GSM8K / "test.jsonl"),
-                     num_train=100_000, num_val=100_000)
+                     num_train=100_000, num_val=100_000, worked_fraction=1.0)
     train, val, report = build_splits(cfg, seed=0)
     assert report["val_items"] == 1319
     assert report["train_items"] + report["duplicates_dropped"] + report["leaked_dropped"] == 7473
