@@ -43,27 +43,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def read_samples(path: str) -> tuple[list[str], list[dict]]:
+    from reftflow.data.records import DataError, iter_jsonl
+
     texts, items = [], []
     try:
-        handle = open(path, encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{number}: expected an object with 'item' and 'output_text'")
+        for number, row in iter_jsonl(path):
             if not isinstance(row.get("item"), dict):
                 raise InputError(f"{path}:{number}: missing 'item' (an object)")
             if not isinstance(row.get("output_text"), str):
                 raise InputError(f"{path}:{number}: missing 'output_text' (a string)")
             texts.append(row["output_text"])
             items.append(row["item"])
+    except DataError as e:  # unreadable file, broken JSON line, not an object: already one line
+        raise InputError(str(e)) from None
     return texts, items
 
 
