@@ -7,20 +7,22 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
 
 
-def checkpoint_dir(params: Params) -> "paths.Path":
+def checkpoint_dir(params: Params) -> Path:
     """Checkpoints are only resumed by a run with the same inputs. The trainer fingerprints its config,
-    seed and data; this key adds what it cannot see: the grader and the SFT weights' content."""
+    seed and data; this key adds what it cannot see: the grader and which SFT model it started from
+    (each file's name, size and mtime: a re-trained SFT model rewrites them; no need to hash GBs)."""
     from reftflow.tracking import file_md5
 
+    sft = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in paths.SFT_MODEL.iterdir() if f.is_file())
     key = json.dumps({"ppo": params.ppo.model_dump(), "seed": params.seed, "grader": params.grader,
-                      "sft": file_md5(paths.SFT_MODEL / "model.safetensors"), "train": file_md5(paths.TRAIN)},
-                     sort_keys=True)
+                      "sft": sft, "train": file_md5(paths.TRAIN)}, sort_keys=True)
     return paths.CHECKPOINTS / "ppo" / hashlib.md5(key.encode()).hexdigest()[:12]
 
 
