@@ -14,8 +14,8 @@ Episodes/s (an episode = one sampled answer graded and trained on) are the mean 
 the first two (cold shapes); the PPO step fractions split a step into generation, scoring forwards
 (old policy + values, reference), update, and everything else (grading, GAE, metrics).
 
-The regime (data/model/sft/ppo sections, defaults below = the recommended params.yaml regime) can
-come from a params file with --params. Tune on another --data-seed, never on the table's val split.
+The regime (data/model/sft/ppo/grader) is the repo's params.yaml unless --params names another
+file. Tune on another --data-seed, never on the table's val split.
 """
 
 from __future__ import annotations
@@ -39,16 +39,8 @@ from reftflow.config import DataConfig, ModelConfig, PPOConfig, SFTConfig, load_
 
 ARMS = ["warmup", "sft_continued", "ppo", "grpo"]
 PARTS = ["generate", "forward", "update", "other"]
-GRADER = {"type": "numeric_answer", "name": "final_answer", "input": "{{ sample.output_text }}",
-          "reference": "{{ item.answer }}", "extraction": "gsm8k", "wrong_answer_score": 0.1}
-
-# The regime found in docs/regime.md (many answer-only questions, few worked solutions).
-REGIME = {
-    "data": DataConfig(num_train=2000, num_val=200, max_ops=2, max_operand=10, worked_fraction=0.25),
-    "model": ModelConfig(torch_threads=2),
-    "sft": SFTConfig(epochs=40, batch_size=32, lr=1e-3, lr_scheduler="cosine", logging_steps=1000),
-    "ppo": PPOConfig(steps=60, questions_per_step=16, samples_per_question=4, lr=1e-5, checkpoint_every=0),
-}
+# The default regime is the shipped params.yaml (docs/regime.md explains how it was found); --quick
+# swaps in tiny sizes for a smoke test.
 QUICK = {
     "data": DataConfig(num_train=48, num_val=16, max_ops=1, worked_fraction=0.5),
     "model": ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, torch_threads=1),
@@ -103,10 +95,14 @@ def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, 
 
 
 def run(args: argparse.Namespace) -> dict:
-    regime = dict(QUICK if args.quick else REGIME)
-    if args.params:
-        p = load_params(args.params)
+    from reftflow.graders import DEFAULT_GRADER
+
+    if args.quick and not args.params:
+        regime, grader_spec = dict(QUICK), DEFAULT_GRADER
+    else:
+        p = load_params(args.params or ROOT / "params.yaml")
         regime = {"data": p.data, "model": p.model, "sft": p.sft, "ppo": p.ppo.model_copy(update={"checkpoint_every": 0})}
+        grader_spec = p.grader
     if args.ppo_steps:
         regime["ppo"] = regime["ppo"].model_copy(update={"steps": args.ppo_steps})
     data_cfg, model_cfg, sft_cfg, ppo_cfg = regime["data"], regime["model"], regime["sft"], regime["ppo"]
@@ -130,7 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     say = Progress()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="reft-vs-sft-"))
     work.mkdir(parents=True, exist_ok=True)
-    grader = build_grader(GRADER)
+    grader = build_grader(grader_spec, base_dir=ROOT)
 
     def grade_fn(texts, items):
         return [r.score for r in grader.grade_many(texts, items)]
@@ -216,7 +212,7 @@ def run(args: argparse.Namespace) -> dict:
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
             "warmup_s": warm_s, "data_report": report,
             "data": data_cfg.model_dump(), "model": model_cfg.model_dump(), "sft": sft_cfg.model_dump(),
-            "ppo": ppo_cfg.model_dump(), "grader": GRADER,
+            "ppo": ppo_cfg.model_dump(), "grader": grader_spec,
         },
     }
     out = Path(args.out)
@@ -250,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny model, data and steps: a smoke test (< 2 min)")
-    ap.add_argument("--params", help="take the data/model/sft/ppo sections from this params.yaml instead")
+    ap.add_argument("--params", help="regime: data/model/sft/ppo/grader from this file (default: the repo's params.yaml)")
     ap.add_argument("--seeds", type=int, nargs="+", help="RL / continued-SFT seeds (default: 0 1 2)")
     ap.add_argument("--data-seed", type=int, default=0,
                     help="seed of the train/held-out split and the warm-up (tune on another one)")
