@@ -90,6 +90,8 @@ class PPOConfig(_Section):
     """K sampled reasoning paths per question (ReFT samples several per question)."""
     ppo_epochs: int = Field(2, ge=1)
     minibatch_size: int = Field(32, ge=1)
+    """rollouts per update minibatch, rounded down to whole questions (a multiple of samples_per_question)
+    so that the K samples of a question share one prompt pass (reftflow/ppo/value_head.py)."""
     lr: float = Field(1e-5, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     clip_range: float = Field(0.2, gt=0)
@@ -101,6 +103,9 @@ class PPOConfig(_Section):
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     whiten_advantages: bool = True
+    negative_advantage_scale: float = Field(1.0, ge=0, le=1)
+    """multiplies negative advantages (after whitening): 1 is plain PPO; below 1 pushes wrong answers
+    down less than it pulls right ones up (docs/regime.md: the push-down is what drifts a sharp SFT model)."""
     max_grad_norm: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay of the policy and value head."""

@@ -4,6 +4,12 @@ Prompts are tokenised once (by the caller) and left-padded here to a multiple of
 so that only a few distinct shapes reach the model; responses stop at EOS and come back padded to
 `max_new_tokens`, with a mask that covers the tokens up to and including EOS. Texts are decoded
 once, from the masked tokens.
+
+`sample` is our own decoding loop rather than `generate`: each step already computes the hidden
+state and the logits the token is drawn from, so it keeps the token's log-prob and (given a
+`PolicyWithValue`) the value of that state. PPO's "old policy" forward then costs nothing — the
+same saving TRL's PPO loop made with `generate`'s scores (`forward` with a KV cache computes the
+same function as a full pass, to float rounding; tests/test_ppo_rollout.py checks it).
 """
 
 from __future__ import annotations
@@ -25,13 +31,18 @@ class Rollout:
     """(bs, R) float, 1 on tokens up to and including the first EOS."""
     texts: list[str]
     """decoded responses (special tokens skipped)."""
+    logprobs: torch.Tensor | None = None
+    """(bs, R) log-prob of each sampled token under the sampling policy (at its temperature); 0 after EOS."""
+    values: torch.Tensor | None = None
+    """(bs, R) the value head's V of the state that emitted each token (PolicyWithValue only); 0 after EOS."""
 
     def trimmed(self, multiple: int = 8) -> "Rollout":
         """Drop trailing all-padding response columns, keeping R a multiple of `multiple`."""
         longest = int(self.response_mask.sum(1).max().item()) if len(self.texts) else 0
         keep = min(self.response_ids.shape[1], max(multiple, -(-longest // multiple) * multiple))
+        cut = lambda t: None if t is None else t[:, :keep]  # noqa: E731
         return Rollout(self.prompt_ids, self.prompt_mask, self.response_ids[:, :keep],
-                       self.response_mask[:, :keep], self.texts)
+                       self.response_mask[:, :keep], self.texts, cut(self.logprobs), cut(self.values))
 
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.prompt_ids, self.response_ids], dim=1)
@@ -98,26 +109,75 @@ def sample(
     max_new_tokens: int,
     temperature: float = 1.0,
     pad_multiple: int = 8,
+    group_size: int = 1,
 ) -> Rollout:
     """One sampled response per prompt (repeat a prompt K times for K samples).
 
+    `group_size` K: prompts come in runs of K copies (K samples per question); each prompt is
+    prefilled once and its KV cache repeated K times.
+
     Pure ancestral sampling (top_k=0, top_p=1) at `temperature`, with the KV cache, stopping when
     every row has emitted EOS. Randomness comes from torch's global generator: seed it first.
+    Returns the tokens' log-probs too, and their values when `model` is a PolicyWithValue (or a
+    DDP wrapper of one).
     """
+    from reftflow.ppo.value_head import backbone_call, output_cache, position_ids_from_mask
+
+    wrapped = getattr(model, "module", model)
     lm = unwrap_lm(model)
+    value_head = getattr(wrapped, "value_head", None)
+    head = lm.get_output_embeddings()
     device = next(lm.parameters()).device
     ids, mask = left_pad(prompt_tokens, tokenizer.pad_token_id, pad_multiple)
     ids, mask = ids.to(device), mask.to(device)
-    out = lm.generate(input_ids=ids, attention_mask=mask,
-                      generation_config=_generation_config(tokenizer, max_new_tokens, True, temperature))
-    resp = out[:, ids.shape[1]:].cpu()
-    if resp.shape[1] < max_new_tokens:  # fixed width: every step sees the same response shape
-        fill = torch.full((resp.shape[0], max_new_tokens - resp.shape[1]), tokenizer.pad_token_id, dtype=resp.dtype)
-        resp = torch.cat([resp, fill], dim=1)
-    rmask = response_mask(resp, tokenizer.eos_token_id)
-    resp = torch.where(rmask.bool(), resp, torch.full_like(resp, tokenizer.pad_token_id))
+    bs = ids.shape[0]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    positions = position_ids_from_mask(mask)
+    next_pos = positions[:, -1:] + 1
+    backbone = lm.base_model
+    g = max(1, group_size)
+    if bs % g or any(prompt_tokens[i] != prompt_tokens[i - i % g] for i in range(bs)):
+        raise ValueError(f"group_size={g}: prompts must come in runs of {g} identical copies")
+    # prefill: rows in groups of g share a prompt, which runs once per group (response_hidden)
+    out = backbone(input_ids=ids[::g], attention_mask=mask[::g], position_ids=positions[::g], use_cache=True)
+    hidden, cache = out.last_hidden_state[:, -1], output_cache(out)
+    if g > 1:
+        hidden = hidden.repeat_interleave(g, dim=0)
+        cache.batch_repeat_interleave(g)
+    done = torch.zeros(bs, dtype=torch.bool, device=device)
+    tokens, logps, values = [], [], []
+    for _ in range(max_new_tokens):
+        logp_all = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+        tok = torch.multinomial(logp_all.exp(), 1).squeeze(1)
+        live = ~done
+        tok = torch.where(live, tok, torch.full_like(tok, pad))
+        tokens.append(tok)
+        logps.append(torch.where(live, logp_all.gather(1, tok.unsqueeze(1)).squeeze(1), 0.0))
+        if value_head is not None:
+            v = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
+            values.append(torch.where(live, v, 0.0))
+        if eos is not None:
+            done = done | (tok == eos)
+        if bool(done.all()) or len(tokens) == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = backbone_call(backbone, cache, input_ids=tok.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
+                            use_cache=True)
+        hidden, cache = out.last_hidden_state[:, -1], output_cache(out)
+        next_pos = next_pos + 1
+
+    def fixed_width(cols: list[torch.Tensor], fill) -> torch.Tensor:
+        # every step sees the same response width; trimmed() cuts it back to what was used
+        t = torch.stack(cols, dim=1).cpu()
+        if t.shape[1] < max_new_tokens:
+            t = torch.cat([t, torch.full((bs, max_new_tokens - t.shape[1]), fill, dtype=t.dtype)], dim=1)
+        return t
+
+    resp = fixed_width(tokens, pad)
+    rmask = response_mask(resp, eos)
     texts = decode(tokenizer, resp, rmask)
-    return Rollout(ids.cpu(), mask.cpu(), resp, rmask, texts)
+    return Rollout(ids.cpu(), (mask[:, :ids.shape[1]]).cpu(), resp, rmask, texts, fixed_width(logps, 0.0),
+                   fixed_width(values, 0.0) if value_head is not None else None)
 
 
 @torch.no_grad()

@@ -3,7 +3,7 @@
 Per step (Luong et al., 2024, §3.2; the numbered phases follow TRL's PPO loop):
   1. take this step's questions (seeded from (seed, step)); each process samples its share, K each
   2. score the decoded answers with the grader
-  3. no-grad forwards: policy log-probs + values (one pass), reference log-probs
+  3. the sampler's log-probs and values are the old policy's; one no-grad reference forward
   4. per-token KL penalty to the frozen reference, score at the last token, GAE, whitened advantages
   5. `ppo_epochs` epochs of minibatch updates: clipped surrogate + vf_coef * clipped value loss
      - ent_coef * entropy; gradients all-reduced by DDP, clipped, AdamW
@@ -185,7 +185,8 @@ class PPOTrainer:
         prompts = [self._prompt_tokens[i] for i in questions for _ in range(cfg.samples_per_question)]
         items = [self._items[i] for i in questions for _ in range(cfg.samples_per_question)]
         t0 = time.perf_counter()
-        ro = rollout.sample(self.model, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature)
+        K = cfg.samples_per_question
+        ro = rollout.sample(self.model, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, group_size=K)
         t_generate = time.perf_counter() - t0
         self.rollouts_done += len(prompts)
 
@@ -198,22 +199,23 @@ class PPOTrainer:
         self._guard(torch.isfinite(scores).all(), step, "reward", f"grader returned {scores.tolist()[:8]}...")
         t_score = time.perf_counter() - t0
 
-        # 3. no-grad forwards on shapes rounded to a multiple of 8 (few distinct shapes, little padding)
+        # 3. old log-probs and values came with the samples (rollout.sample); one no-grad forward of
+        #    the frozen reference remains, on shapes rounded to a multiple of 8 (few distinct shapes)
         ro = ro.trimmed(8)
         input_ids, attn = ro.input_ids().to(device), ro.attention_mask().to(device)
         mask, scores = ro.response_mask.to(device), scores.to(device)
+        old_logp, old_values = ro.logprobs.to(device), ro.values.to(device)
         R, B = ro.response_ids.shape[1], input_ids.shape[0]
-        mb = max(1, cfg.minibatch_size // self.world_size)
-        policy = acc.unwrap_model(self.model)
+        # minibatches hold whole questions (K samples each), so every forward shares prompts K-fold
+        # (value_head.response_hidden): minibatch_size rounds down to a multiple of K
+        mbq = max(1, cfg.minibatch_size // self.world_size // K)
+        mb = mbq * K
         t0 = time.perf_counter()
         with torch.no_grad():
-            old_logp, old_values, ref_logp = [], [], []
-            for s in range(0, B, mb):
-                lp, v, _ = policy(input_ids[s : s + mb], attn[s : s + mb], R, cfg.temperature)
-                old_logp.append(lp)
-                old_values.append(v)
-                ref_logp.append(response_logprobs(self.ref, input_ids[s : s + mb], attn[s : s + mb], R, cfg.temperature))
-            old_logp, old_values, ref_logp = torch.cat(old_logp), torch.cat(old_values), torch.cat(ref_logp)
+            ref_logp = torch.cat([
+                response_logprobs(self.ref, input_ids[s : s + mb], attn[s : s + mb], R, cfg.temperature, group_size=K)
+                for s in range(0, B, mb)
+            ])
         t_forward = time.perf_counter() - t0
 
         # 4. rewards: KL penalty per token + score at the last token; GAE; whitening
@@ -223,6 +225,8 @@ class PPOTrainer:
             advantages, returns = compute_gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
+            if cfg.negative_advantage_scale != 1.0:
+                advantages = torch.where(advantages < 0, advantages * cfg.negative_advantage_scale, advantages)
 
         # 5. PPO epochs of minibatch updates
         t0 = time.perf_counter()
@@ -230,11 +234,12 @@ class PPOTrainer:
         stats: dict[str, list[torch.Tensor]] = {}
         gen = torch.Generator().manual_seed(_mix(self.seed, step, self.rank, "minibatch"))
         for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(B, generator=gen).to(device)
-            for s in range(0, B, mb):
-                idx = perm[s : s + mb]
+            groups = torch.randperm(B // K, generator=gen)
+            for s in range(0, B // K, mbq):
+                idx = (groups[s : s + mbq, None] * K + torch.arange(K)).flatten().to(device)
                 logp, values, entropy = self.model(
-                    input_ids[idx], attn[idx], R, cfg.temperature, with_entropy=True, entropy_grad=cfg.ent_coef > 0
+                    input_ids[idx], attn[idx], R, cfg.temperature, with_entropy=True, entropy_grad=cfg.ent_coef > 0,
+                    group_size=K,
                 )
                 m = mask[idx]
                 pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip_range)

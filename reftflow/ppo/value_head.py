@@ -7,6 +7,7 @@ as `value_head.safetensors`.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -22,21 +23,65 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def backbone_call(backbone: nn.Module, cache, **kwargs):
+    """`backbone(**kwargs)` continuing from a KV `cache`.
+
+    transformers 5.2x renamed the `past_key_values` argument to `cache` (the old name warns); the
+    model's signature decides which one it gets.
+    """
+    params = inspect.signature(backbone.forward).parameters
+    kwargs["cache" if "cache" in params else "past_key_values"] = cache
+    return backbone(**kwargs)
+
+
+def output_cache(out):
+    """The KV cache a backbone forward returned (`cache` in transformers 5.2x, else `past_key_values`)."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
+def response_hidden(
+    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, group_size: int = 1
+) -> torch.Tensor:
+    """Last hidden states (bs, R) at the positions that predict the R response tokens.
+
+    group_size K > 1: rows come in groups of K that share one (left-padded) prompt, as PPO's K
+    samples per question do. The prompt then runs once per group and its KV cache is repeated K
+    times for the responses — the same function (causal attention never lets a prompt token see a
+    response), with the prompt's cost, forward and backward, cut K-fold. Prompts are most of each
+    sequence in ReFT-style data (a question, then a short answer), so this is most of an update.
+    """
+    backbone = lm.base_model
+    positions = position_ids_from_mask(attention_mask)
+    if group_size <= 1:
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False)
+        # the hidden state at position i predicts token i + 1
+        return out.last_hidden_state[:, -response_length - 1 : -1]
+    P = input_ids.shape[1] - response_length
+    head = slice(None, None, group_size)
+    prefix = backbone(input_ids=input_ids[head, :P], attention_mask=attention_mask[head, :P],
+                      position_ids=positions[head, :P], use_cache=True)
+    last_prompt = prefix.last_hidden_state[:, -1:].repeat_interleave(group_size, dim=0)
+    if response_length == 1:
+        return last_prompt
+    cache = output_cache(prefix)
+    cache.batch_repeat_interleave(group_size)
+    # the last response token predicts nothing inside the response: it is not fed
+    out = backbone_call(backbone, cache, input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1],
+                        position_ids=positions[:, P:-1], use_cache=True)
+    return torch.cat([last_prompt, out.last_hidden_state], dim=1)
+
+
 def response_hidden_and_logits(
-    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float = 1.0
+    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+    temperature: float = 1.0, group_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last hidden states (bs, R, H) and logits (bs, R, V) at the positions predicting the response.
 
-    Runs the backbone (`lm.base_model`) once and the LM head only on those R positions.
+    Runs the backbone (`lm.base_model`) once (see `response_hidden` for `group_size`) and the LM
+    head only on those R positions.
     """
-    out = lm.base_model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    # the hidden state at position i predicts token i + 1
-    hidden = out.last_hidden_state[:, -response_length - 1 : -1]
+    hidden = response_hidden(lm, input_ids, attention_mask, response_length, group_size)
     logits = lm.get_output_embeddings()(hidden)
     if temperature != 1.0:
         logits = logits / temperature
@@ -45,10 +90,11 @@ def response_hidden_and_logits(
 
 @torch.no_grad()
 def response_logprobs(
-    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, temperature: float = 1.0
+    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+    temperature: float = 1.0, group_size: int = 1,
 ) -> torch.Tensor:
     """(bs, R) log-probs of the response tokens under a plain causal LM (the frozen reference)."""
-    _, logits = response_hidden_and_logits(lm, input_ids, attention_mask, response_length, temperature)
+    _, logits = response_hidden_and_logits(lm, input_ids, attention_mask, response_length, temperature, group_size)
     return logprobs_from_logits(logits, input_ids[:, -response_length:])
 
 
@@ -82,6 +128,7 @@ class PolicyWithValue(nn.Module):
         temperature: float = 1.0,
         with_entropy: bool = False,
         entropy_grad: bool = True,
+        group_size: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Log-probs and values for the last `response_length` tokens of `input_ids`.
 
@@ -93,12 +140,14 @@ class PolicyWithValue(nn.Module):
                 of the distribution the rollout sampled from.
             with_entropy: also return the per-token entropy (bs, R).
             entropy_grad: False computes the entropy outside autograd (a metric, not a loss term).
+            group_size: rows come in groups of this many sharing one prompt (see `response_hidden`).
 
         Returns:
             (logp (bs, R), values (bs, R), entropy (bs, R) or None). values[:, t] is V of the state
             that emits response token t.
         """
-        hidden, logits = response_hidden_and_logits(self.policy, input_ids, attention_mask, response_length, temperature)
+        hidden, logits = response_hidden_and_logits(self.policy, input_ids, attention_mask, response_length, temperature,
+                                                     group_size)
         logp = logprobs_from_logits(logits, input_ids[:, -response_length:])
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         entropy = None
