@@ -1,6 +1,6 @@
 """ReFT vs SFT: does the RL stage beat continued SFT for the same wall time? One table, JSON to --out.
 
-    python benchmarks/reft_vs_sft.py                    # the default regime, 3 seeds (~35-40 min, 2 threads)
+    python benchmarks/reft_vs_sft.py                    # the default regime, 3 seeds (~25 min, 2 threads)
     python benchmarks/reft_vs_sft.py --quick            # tiny sizes, a smoke test (< 2 min)
     python benchmarks/reft_vs_sft.py --params params.yaml --seeds 0 1 2 3
 
@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
     # (a) the warm-up, shared by every seed and arm
     t = time.perf_counter()
     warm = work / "warmup"
-    summary = train_sft(train, model_cfg, sft_cfg, warm, seed=args.data_seed)
+    with quiet_stdout():
+        summary = train_sft(train, model_cfg, sft_cfg, warm, seed=args.data_seed)
     warm_s = time.perf_counter() - t
     sft_steps_per_s = summary["global_steps"] / max(summary["train_runtime_s"], 1e-9)
     say(f"warm-up SFT: {int(summary['global_steps'])} steps on {int(summary['train_examples'])} worked items in "

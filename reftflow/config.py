@@ -102,6 +102,9 @@ class PPOConfig(_Section):
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
+    advantage_estimator: Literal["gae", "grpo", "rloo"] = "gae"
+    """gae: the ReFT critic (value head, GAE); grpo / rloo: each sample against the other samples of its
+    question, no critic (as verl's `algorithm.adv_estimator`); the update stays PPO's clipped objective."""
     whiten_advantages: bool = True
     negative_advantage_scale: float = Field(1.0, ge=0, le=1)
     """multiplies negative advantages (after whitening): 1 is plain PPO; below 1 pushes wrong answers

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("  lr: 1.0e-5", "  lrr: 1.0e-5", "params.yaml: unknown key 'ppo.lrr'"),
-        ("  epochs: 40", "  epochs: ten", "params.yaml: 'sft.epochs': Input should be a valid number (got 'ten')"),
+        ("  lr: 3.0e-5", "  lrr: 3.0e-5", "params.yaml: unknown key 'ppo.lrr'"),
+        ("  epochs: 100", "  epochs: ten", "params.yaml: 'sft.epochs': Input should be a valid number (got 'ten')"),
     ],
 )
 def test_typo_in_params_gives_one_line_and_exit_2(tmp_path, old, new, message):

@@ -7,6 +7,7 @@ import torch
 
 from reftflow.ppo.core import (
     entropy_from_logits,
+    group_advantages,
     kl_penalty,
     logprobs_from_logits,
     masked_mean,
@@ -116,3 +117,20 @@ def test_entropy_and_logprobs_from_logits():
     tokens = torch.randint(0, V, (2, 3))
     expected = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(logprobs_from_logits(logits, tokens), expected)
+
+
+def test_group_advantages_compare_each_sample_with_its_question():
+    # two questions, K = 3: scores (1, 0, 0) and (1, 1, 1)
+    returns = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    grpo = group_advantages(returns, mask, 3, "grpo")
+    std = torch.tensor([1.0, 0.0, 0.0]).std().item()  # Bessel-corrected, as torch.std
+    assert grpo[0, 0].item() == pytest.approx((2 / 3) / std, rel=1e-4)
+    assert grpo[1, 0].item() == pytest.approx((-1 / 3) / std, rel=1e-4)
+    assert torch.all(grpo[3:] == 0)  # all samples equal: no contrast, no gradient
+    assert grpo[0, 2].item() == 0 and grpo[2, 2].item() == grpo[2, 0].item()  # every real token, only those
+    rloo = group_advantages(returns, mask, 3, "rloo")
+    assert rloo[0, 0].item() == pytest.approx(1.0 - 0.0)  # 1 minus the mean of the other two (0, 0)
+    assert rloo[1, 0].item() == pytest.approx(0.0 - 0.5)  # 0 minus the mean of (1, 0)
+    with pytest.raises(ValueError, match="groups of 4"):
+        group_advantages(returns, mask, 4)

@@ -74,3 +74,18 @@ def test_step_questions_cover_the_data_before_repeating(sft, tmp_path):
     epoch0 = trainer._step_questions(1) + trainer._step_questions(2)
     epoch1 = trainer._step_questions(3) + trainer._step_questions(4)
     assert sorted(epoch0) == sorted(epoch1) == [0, 1, 2, 3] and epoch0 != epoch1  # reshuffled each pass
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_critic_free_estimators_train_the_policy_and_leave_the_value_head(sft, tmp_path, estimator):
+    """advantage_estimator grpo/rloo: the same PPO update with a group baseline, no value loss."""
+    before = {k: v.clone() for k, v in PolicyWithValue.from_pretrained(sft)[0].state_dict().items()}
+    trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(advantage_estimator=estimator, whiten_advantages=False,
+                                                          negative_advantage_scale=0.5),
+                         digit_reward, tmp_path / "ppo", tmp_path / "ck", seed=0, torch_threads=1)
+    history = list(trainer.train())
+    assert len(history) == 3 and all(math.isfinite(v) for m in history for v in m.values())
+    assert all(m["ppo/value_loss"] == 0.0 for m in history)
+    after, _ = PolicyWithValue.from_pretrained(tmp_path / "ppo")
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before[k])}
+    assert "value_head.weight" not in changed and len(changed) == len(before) - 2  # all but the value head

@@ -16,6 +16,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "compute_gae",
+    "group_advantages",
     "kl_penalty",
     "shape_rewards",
     "policy_loss",
@@ -87,6 +88,38 @@ def compute_gae(
         advantages[:, t] = m * gae
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+def group_advantages(
+    returns: torch.Tensor, mask: torch.Tensor, group_size: int, estimator: str = "grpo", eps: float = 1e-6
+) -> torch.Tensor:
+    """Outcome advantages with the other samples of the same question as the baseline, no critic.
+
+    Rows come in groups of `group_size` K (K samples per question). Each sequence's return is
+    compared with its group's:
+      grpo: (R - mean_group) / (std_group + eps)   (Shao et al., 2024, DeepSeekMath §4.1.2)
+      rloo: R - mean of the other K-1 returns        (Ahmadian et al., 2024, "Back to Basics")
+    and the advantage is given to every real token of the sequence (verl's `adv_estimator`).
+    A question whose K samples all score the same gets advantage 0: it carries no contrast, where a
+    critic that has not yet learnt that question's difficulty would give it noise.
+
+    Args:
+        returns: (bs,) sequence returns (score plus the summed per-token KL penalty).
+        mask: (bs, T) response mask.
+    """
+    if returns.shape[0] % group_size:
+        raise ValueError(f"{returns.shape[0]} returns do not split into groups of {group_size}")
+    g = returns.reshape(-1, group_size)
+    if estimator == "grpo":
+        std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.ones_like(g[:, :1])
+        adv = (g - g.mean(dim=1, keepdim=True)) / (std + eps)
+    elif estimator == "rloo":
+        if group_size < 2:
+            raise ValueError("rloo needs at least 2 samples per question")
+        adv = (g - g.mean(dim=1, keepdim=True)) * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"unknown group estimator {estimator!r} (expected grpo or rloo)")
+    return adv.reshape(-1, 1) * mask.to(returns.dtype)
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:

@@ -37,7 +37,7 @@ from reftflow.config import PPOConfig
 from reftflow.data.records import Record
 from reftflow.modeling import load_model, set_threads
 from reftflow.ppo import rollout
-from reftflow.ppo.core import compute_gae, kl_penalty, masked_mean, masked_whiten, policy_loss, shape_rewards, value_loss
+from reftflow.ppo.core import compute_gae, group_advantages, kl_penalty, masked_mean, masked_whiten, policy_loss, shape_rewards, value_loss
 from reftflow.ppo.value_head import PolicyWithValue, response_logprobs
 from reftflow.prompting import item_dict, prompt_text
 
@@ -222,7 +222,12 @@ class PPOTrainer:
         with torch.no_grad():
             kl = kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
             rewards = shape_rewards(scores, kl, mask, cfg.kl_coef)
-            advantages, returns = compute_gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
+            use_critic = cfg.advantage_estimator == "gae"
+            if use_critic:
+                advantages, returns = compute_gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
+            else:
+                advantages = group_advantages(rewards.sum(1), mask, K, cfg.advantage_estimator)
+                returns = advantages  # unused: no value loss without a critic
             if cfg.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
             if cfg.negative_advantage_scale != 1.0:
@@ -243,7 +248,11 @@ class PPOTrainer:
                 )
                 m = mask[idx]
                 pg_loss, pg_stats = policy_loss(logp, old_logp[idx], advantages[idx], m, cfg.clip_range)
-                v_loss, v_stats = value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip_range)
+                if use_critic:
+                    v_loss, v_stats = value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip_range)
+                else:
+                    # 0 * values keeps the value head in the graph (DDP expects every parameter to get a grad)
+                    v_loss, v_stats = 0.0 * values.sum(), {}
                 ent = masked_mean(entropy, m)
                 loss = pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
                 # backward before any check: every process must join the gradient all-reduce
