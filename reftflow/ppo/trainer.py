@@ -37,7 +37,16 @@ from reftflow.config import PPOConfig
 from reftflow.data.records import Record
 from reftflow.modeling import load_model, set_threads
 from reftflow.ppo import rollout
-from reftflow.ppo.core import compute_gae, group_advantages, kl_penalty, masked_mean, masked_whiten, policy_loss, shape_rewards, value_loss
+from reftflow.ppo.core import (
+    compute_gae,
+    group_advantages,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    shape_rewards,
+    value_loss,
+)
 from reftflow.ppo.value_head import PolicyWithValue, response_logprobs
 from reftflow.prompting import item_dict, prompt_text
 

@@ -146,8 +146,9 @@ class PolicyWithValue(nn.Module):
             (logp (bs, R), values (bs, R), entropy (bs, R) or None). values[:, t] is V of the state
             that emits response token t.
         """
-        hidden, logits = response_hidden_and_logits(self.policy, input_ids, attention_mask, response_length, temperature,
-                                                     group_size)
+        hidden, logits = response_hidden_and_logits(
+            self.policy, input_ids, attention_mask, response_length, temperature, group_size
+        )
         logp = logprobs_from_logits(logits, input_ids[:, -response_length:])
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         entropy = None
