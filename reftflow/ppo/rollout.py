@@ -87,17 +87,15 @@ def decode(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor) -> list[st
     return tokenizer.batch_decode(rows, skip_special_tokens=True)
 
 
-def _generation_config(tokenizer, max_new_tokens: int, do_sample: bool, temperature: float = 1.0):
+def _greedy_config(tokenizer, max_new_tokens: int):
     from transformers import GenerationConfig
 
-    kwargs = dict(temperature=temperature, top_k=0, top_p=1.0) if do_sample else {}
     return GenerationConfig(
-        do_sample=do_sample,
+        do_sample=False,
         max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         use_cache=True,
-        **kwargs,
     )
 
 
@@ -121,7 +119,7 @@ def sample(
     Returns the tokens' log-probs too, and their values when `model` is a PolicyWithValue (or a
     DDP wrapper of one).
     """
-    from reftflow.ppo.value_head import backbone_call, output_cache, position_ids_from_mask
+    from reftflow.ppo.value_head import backbone_call, output_cache, position_ids_from_mask, shared_prefill
 
     wrapped = getattr(model, "module", model)
     lm = unwrap_lm(model)
@@ -138,12 +136,7 @@ def sample(
     g = max(1, group_size)
     if bs % g or any(prompt_tokens[i] != prompt_tokens[i - i % g] for i in range(bs)):
         raise ValueError(f"group_size={g}: prompts must come in runs of {g} identical copies")
-    # prefill: rows in groups of g share a prompt, which runs once per group (response_hidden)
-    out = backbone(input_ids=ids[::g], attention_mask=mask[::g], position_ids=positions[::g], use_cache=True)
-    hidden, cache = out.last_hidden_state[:, -1], output_cache(out)
-    if g > 1:
-        hidden = hidden.repeat_interleave(g, dim=0)
-        cache.batch_repeat_interleave(g)
+    hidden, cache = shared_prefill(backbone, ids, mask, positions, g)
     done = torch.zeros(bs, dtype=torch.bool, device=device)
     tokens, logps, values = [], [], []
     for _ in range(max_new_tokens):
@@ -194,7 +187,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     device = next(lm.parameters()).device
     tokens = tokenizer(list(prompts))["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(tokens[i]))
-    config = _generation_config(tokenizer, max_new_tokens, do_sample=False)
+    config = _greedy_config(tokenizer, max_new_tokens)
     out: list[str | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]

@@ -191,10 +191,10 @@ class PPOTrainer:
 
         # 1. sample K answers for each of this process's questions
         questions = self._step_questions(step)
-        prompts = [self._prompt_tokens[i] for i in questions for _ in range(cfg.samples_per_question)]
-        items = [self._items[i] for i in questions for _ in range(cfg.samples_per_question)]
-        t0 = time.perf_counter()
         K = cfg.samples_per_question
+        prompts = [self._prompt_tokens[i] for i in questions for _ in range(K)]
+        items = [self._items[i] for i in questions for _ in range(K)]
+        t0 = time.perf_counter()
         ro = rollout.sample(self.model, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, group_size=K)
         t_generate = time.perf_counter() - t0
         self.rollouts_done += len(prompts)
@@ -236,7 +236,7 @@ class PPOTrainer:
                 advantages, returns = compute_gae(rewards, old_values * mask, mask, cfg.gamma, cfg.lam)
             else:
                 advantages = group_advantages(rewards.sum(1), mask, K, cfg.advantage_estimator)
-                returns = advantages  # unused: no value loss without a critic
+                returns = rewards.flip(1).cumsum(1).flip(1) * mask  # reward-to-go (gamma 1): a metric only
             if cfg.whiten_advantages:
                 advantages = masked_whiten(advantages, mask)
             if cfg.negative_advantage_scale != 1.0:

@@ -7,6 +7,7 @@ as `value_head.safetensors`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -23,14 +24,15 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def backbone_call(backbone: nn.Module, cache, **kwargs):
-    """`backbone(**kwargs)` continuing from a KV `cache`.
+@functools.lru_cache(maxsize=None)
+def _cache_argument(backbone_class: type) -> str:
+    """transformers 5.2x renamed the `past_key_values` argument to `cache` (the old name warns)."""
+    return "cache" if "cache" in inspect.signature(backbone_class.forward).parameters else "past_key_values"
 
-    transformers 5.2x renamed the `past_key_values` argument to `cache` (the old name warns); the
-    model's signature decides which one it gets.
-    """
-    params = inspect.signature(backbone.forward).parameters
-    kwargs["cache" if "cache" in params else "past_key_values"] = cache
+
+def backbone_call(backbone: nn.Module, cache, **kwargs):
+    """`backbone(**kwargs)` continuing from a KV `cache`, under the argument name the model takes."""
+    kwargs[_cache_argument(type(backbone))] = cache
     return backbone(**kwargs)
 
 
@@ -40,16 +42,34 @@ def output_cache(out):
     return out.past_key_values if cache is None else cache
 
 
+def shared_prefill(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor, group_size: int):
+    """Run rows in groups of `group_size` that share one prompt once per group.
+
+    Returns (the last position's hidden state (bs, H), KV cache), both repeated back to all bs rows, so the
+    rows continue from the cache as if each had run the prompt itself (causal attention never lets
+    a prompt token see what follows it).
+    """
+    head = slice(None, None, group_size)
+    out = backbone(input_ids=input_ids[head], attention_mask=attention_mask[head], position_ids=position_ids[head],
+                   use_cache=True)
+    hidden, cache = out.last_hidden_state[:, -1], output_cache(out)
+    if group_size > 1:
+        hidden = hidden.repeat_interleave(group_size, dim=0)
+        cache.batch_repeat_interleave(group_size)
+    return hidden, cache
+
+
 def response_hidden(
     lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, group_size: int = 1
 ) -> torch.Tensor:
     """Last hidden states (bs, R) at the positions that predict the R response tokens.
 
     group_size K > 1: rows come in groups of K that share one (left-padded) prompt, as PPO's K
-    samples per question do. The prompt then runs once per group and its KV cache is repeated K
-    times for the responses — the same function (causal attention never lets a prompt token see a
-    response), with the prompt's cost, forward and backward, cut K-fold. Prompts are most of each
-    sequence in ReFT-style data (a question, then a short answer), so this is most of an update.
+    samples per question do. The prompt then runs once per group (`shared_prefill`) and the
+    responses continue from its repeated KV cache: the same function, with the prompt's cost,
+    forward and backward, cut K-fold. Prompts are most of each sequence in ReFT-style data (a
+    question, then a short answer), so this is most of an update.
     """
     backbone = lm.base_model
     positions = position_ids_from_mask(attention_mask)
@@ -58,14 +78,11 @@ def response_hidden(
         # the hidden state at position i predicts token i + 1
         return out.last_hidden_state[:, -response_length - 1 : -1]
     P = input_ids.shape[1] - response_length
-    head = slice(None, None, group_size)
-    prefix = backbone(input_ids=input_ids[head, :P], attention_mask=attention_mask[head, :P],
-                      position_ids=positions[head, :P], use_cache=True)
-    last_prompt = prefix.last_hidden_state[:, -1:].repeat_interleave(group_size, dim=0)
+    last_prompt, cache = shared_prefill(backbone, input_ids[:, :P], attention_mask[:, :P], positions[:, :P],
+                                        group_size)
+    last_prompt = last_prompt.unsqueeze(1)
     if response_length == 1:
         return last_prompt
-    cache = output_cache(prefix)
-    cache.batch_repeat_interleave(group_size)
     # the last response token predicts nothing inside the response: it is not fed
     out = backbone_call(backbone, cache, input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1],
                         position_ids=positions[:, P:-1], use_cache=True)
