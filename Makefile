@@ -15,6 +15,8 @@ export DVC_NO_ANALYTICS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Not privacy: the temporary Prefect server's first start migrates a fresh DB, slower than Prefect's 20 s default
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PYTHONUNBUFFERED ?= 1
 
 .PHONY: setup run test ui prefect-ui serve benchmark clean help

@@ -5,8 +5,8 @@
     python -m flows.deploy --apply-only           # only register it (run it with a worker on a work pool)
 
 Serving blocks and runs each scheduled flow run in this process; Prefect pauses the deployment
-when it is stopped (REFERENCE.md §4). Point PREFECT_API_URL at a running `prefect server start`
-to see the schedule in the Prefect UI.
+when it is stopped (serve's pause_on_shutdown). Point PREFECT_API_URL at a running
+`prefect server start` to see the schedule in the Prefect UI.
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ def build_deployment(name: str = "nightly", cron: str = "0 2 * * *", timezone: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from reftflow.env import apply_defaults
-
-    apply_defaults()
+    # environment defaults: applied when the `flows` package was imported, before Prefect was
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="nightly", help="deployment name (default: %(default)s)")

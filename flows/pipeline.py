@@ -1,9 +1,11 @@
 """The reftflow pipeline as a Prefect flow: prepare → sft → ppo → evaluate → gate.
 
 Wiring only. Each stage runs through `dvc repro --single-item <stage>`, the same entry point DVC
-uses, so DVC alone decides what is stale (shared/DESIGN.md "Who owns what"); Prefect adds run
-names, retries, logs and the gate report artifact; MLflow gets one parent run whose id reaches
-each stage subprocess through REFTFLOW_PARENT_RUN_ID.
+uses, so DVC alone decides what is stale; Prefect adds run names, retries, logs and the gate
+report artifact; MLflow gets one parent run whose id reaches each stage subprocess through
+REFTFLOW_PARENT_RUN_ID. Each stage reports how it ended in a file named by REFTFLOW_STAGE_REPORT
+(reftflow/stage.py): a stage that refused its input stops the chain, is not retried, and its
+own error line is the last line printed (exit status 2).
 
     python -m flows.pipeline            # what `make run` does
     python -m flows.pipeline --help
@@ -16,27 +18,61 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Failed, State
+
+if TYPE_CHECKING:
+    from reftflow.stage import StageReport
 
 STAGES = ("prepare", "sft", "ppo", "evaluate", "gate")
 EXIT_BAD_INPUT = 2  # reftflow.stage.EXIT_BAD_INPUT: retrying a bad input cannot help
+EXIT_INTERRUPTED = 130  # reftflow.stage.EXIT_INTERRUPTED: someone stopped it on purpose
 
 
 class StageFailed(RuntimeError):
+    """A stage failed in a way that may be worth a retry (a crash, a divergence, a locked store)."""
+
     def __init__(self, stage: str, exit_code: int, tail: str):
-        super().__init__(f"stage '{stage}' failed (exit {exit_code}): {tail}")
-        self.exit_code = exit_code
+        super().__init__(stage, exit_code, tail)  # all args: the exception pickles, as Prefect may need
+        self.stage, self.exit_code, self.tail = stage, exit_code, tail
+
+    def __str__(self) -> str:
+        return f"stage '{self.stage}' failed (exit {self.exit_code}): {self.tail}"
 
 
-def _retry_unless_bad_input(task, task_run, state) -> bool:
+class StageBadInput(Exception):
+    """A stage refused its input (exit 2): the chain stops and the stage's own line is the answer."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(stage, message)
+        self.stage, self.message = stage, message
+
+    def __str__(self) -> str:
+        return f"reftflow {self.stage}: error: {self.message}"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One `dvc repro` of one stage. `bad_input` holds the stage's message when it refused its input:
+    the task returns that instead of raising, so Prefect neither retries it nor logs a traceback."""
+
+    stage: str
+    ran: bool
+    bad_input: str | None = None
+
+
+def _retry_unless_final(task, task_run, state) -> bool:
     try:
         state.result()
     except StageFailed as e:
-        return e.exit_code != EXIT_BAD_INPUT
+        return e.exit_code not in (EXIT_BAD_INPUT, EXIT_INTERRUPTED)
     except Exception:  # noqa: BLE001 - anything else (a crash) is worth one more try
         return True
     return False
@@ -66,27 +102,52 @@ def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int,
     return proc.wait(), b"".join(chunks).decode("utf-8", "replace")
 
 
+def _failure_line(stage: str, report_message: str, output: str) -> str:
+    """The line that says why a stage failed: its report's, else its own last `reftflow <stage>:` line
+    (ppo prints one before exiting 3), else DVC's last error line (DVC itself failed)."""
+    lines = [ln.strip() for ln in output.replace("\r", "\n").splitlines() if ln.strip()]
+    own = [ln for ln in lines if ln.startswith(f"reftflow {stage}:")]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return report_message or (own or errors or lines or ["no output"])[-1]
+
+
+def _outcome(stage: str, code: int, report: StageReport | None, output: str) -> StageResult:
+    """DVC's exit code, the stage's report and the output → the result, or StageFailed to retry."""
+    if report is not None and report.exit_code == EXIT_BAD_INPUT:
+        return StageResult(stage, ran=True, bad_input=report.message)
+    if code != 0:
+        failed = report is not None and report.exit_code != 0  # else DVC itself failed, before or after it
+        raise StageFailed(stage, report.exit_code if failed else code,
+                          _failure_line(stage, report.message if failed else "", output))
+    return StageResult(stage, ran=report is not None)
+
+
 # ppo resumes from its last checkpoint, so a retry there continues rather than restarts; gate's
-# registry writes can hit a locked SQLite store. Bad input (exit 2) is never retried.
+# registry writes can hit a locked SQLite store. Bad input (exit 2) is returned, never retried.
 _RETRIES = {"prepare": 1, "sft": 0, "ppo": 1, "evaluate": 1, "gate": 2}
 
 
-@task(task_run_name="{stage}", retry_condition_fn=_retry_unless_bad_input, retry_delay_seconds=5)
-def run_stage(stage: str, parent_run_id: str, project_dir: str) -> bool:
-    """`dvc repro --single-item <stage>`; returns whether DVC found it stale and ran it."""
+@task(task_run_name="{stage}", retry_condition_fn=_retry_unless_final, retry_delay_seconds=5)
+def run_stage(stage: str, parent_run_id: str, project_dir: str) -> StageResult:
+    """`dvc repro --single-item <stage>`. The stage reports how it ended through a file named in
+    REFTFLOW_STAGE_REPORT (DVC's own exit code and output hide the stage's); no file: DVC skipped it."""
+    from reftflow.stage import REPORT_ENV, read_report
+
     logger = get_run_logger()
     cwd = Path(project_dir)
     start = time.perf_counter()
-    code, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd,
-                                  _stage_env(parent_run_id, cwd))
-    if code != 0:
-        lines = [ln.strip() for ln in output.replace("\r", "\n").splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower()]
-        raise StageFailed(stage, code, (errors or lines or ["no output"])[-1])
-    ran = f"Running stage '{stage}'" in output
-    logger.info("stage %s %s in %.1f s", stage, "ran" if ran else "was up to date (skipped)",
-                time.perf_counter() - start)
-    return ran
+    with tempfile.TemporaryDirectory(prefix=f"reftflow-{stage}-") as tmp:  # fresh for every attempt
+        report_file = Path(tmp) / "report.json"
+        env = {**_stage_env(parent_run_id, cwd), REPORT_ENV: str(report_file)}
+        code, output = _run_streaming([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd, env)
+        report = read_report(report_file)
+    result = _outcome(stage, code, report, output)
+    if result.bad_input is not None:
+        logger.error("stage %s refused its input (exit %d): not retried", stage, EXIT_BAD_INPUT)
+    else:
+        logger.info("stage %s %s in %.1f s", stage, "ran" if result.ran else "was up to date (skipped)",
+                    time.perf_counter() - start)
+    return result
 
 
 def check_project(project_dir: str | Path) -> dict:
@@ -146,9 +207,21 @@ def _print_summary(summary: dict, project_dir: Path, seconds: float) -> str:
     return text
 
 
+def _run_chain(parent, project: Path) -> dict[str, bool]:
+    """Each stage in order; a refused input stops the chain (raised: the parent run is marked FAILED)."""
+    ran: dict[str, bool] = {}
+    for stage in STAGES:
+        result = run_stage.with_options(retries=_RETRIES[stage])(stage, parent.run_id, str(project))
+        if result.bad_input is not None:
+            raise StageBadInput(stage, result.bad_input)
+        ran[stage] = result.ran
+    return ran
+
+
 @flow(name="reftflow-pipeline", flow_run_name="reftflow-{run_name}", log_prints=True)
-def pipeline(project_dir: str = ".", run_name: str = "") -> dict:
-    """Run the chain; returns the eval metrics, the gate decision and which stages ran."""
+def pipeline(project_dir: str = ".", run_name: str = "") -> dict | State:
+    """Run the chain; returns the eval metrics, the gate decision and which stages ran, or a Failed
+    state whose message is the stage's own error line when a stage refused its input."""
     from prefect.artifacts import create_markdown_artifact
 
     from reftflow import paths
@@ -157,19 +230,21 @@ def pipeline(project_dir: str = ".", run_name: str = "") -> dict:
     start = time.perf_counter()
     project = Path(project_dir).resolve()
     params = validate(str(project))
-    ran: dict[str, bool] = {}
-    with pipeline_run(params, run_name=f"pipeline-{run_name}" if run_name else "pipeline",
-                      project_dir=project) as parent:
-        for stage in STAGES:
-            ran[stage] = run_stage.with_options(retries=_RETRIES[stage])(stage, parent.run_id, str(project))
-        summary = _summary(project, ran)
-        if summary["eval"]:
-            parent.log_metrics({f"{m}/{k}": v for m in ("sft", "ppo") for k, v in summary["eval"][m].items()})
-        if summary["gate"]:
-            parent.set_tags({"reftflow.gate.decision": summary["gate"]["decision"],
-                             "reftflow.stages_run": ",".join(s for s, r in ran.items() if r) or "none"})
-        text = _print_summary(summary, project, time.perf_counter() - start)
-        parent.log_text(text + "\n", "summary.txt")
+    try:
+        with pipeline_run(params, run_name=f"pipeline-{run_name}" if run_name else "pipeline",
+                          project_dir=project) as parent:
+            ran = _run_chain(parent, project)
+            summary = _summary(project, ran)
+            if summary["eval"]:
+                parent.log_metrics({f"{m}/{k}": v for m in ("sft", "ppo") for k, v in summary["eval"][m].items()})
+            if summary["gate"]:
+                parent.set_tags({"reftflow.gate.decision": summary["gate"]["decision"],
+                                 "reftflow.stages_run": ",".join(s for s, r in ran.items() if r) or "none"})
+            text = _print_summary(summary, project, time.perf_counter() - start)
+            parent.log_text(text + "\n", "summary.txt")
+    except StageBadInput as e:
+        # a returned Failed state ends the run Failed with this message and no traceback in the log
+        return Failed(message=str(e), data=e)
     report = project / paths.GATE_REPORT
     if report.exists():
         create_markdown_artifact(report.read_text(), key="gate-report",
@@ -177,10 +252,21 @@ def pipeline(project_dir: str = ".", run_name: str = "") -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    from reftflow.env import apply_defaults
+def _fail(line: str, code: int) -> int:
+    """Print the line the user must read last: after everything Prefect and DVC already wrote, and
+    with Prefect's INFO lines still to come at exit ("Stopping temporary server") silenced."""
+    import logging
 
-    apply_defaults()
+    logging.getLogger("prefect").setLevel(logging.WARNING)  # the run is over: only trouble is news now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    print(line, file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    # the environment defaults (privacy, Prefect's startup timeout) were applied when the `flows`
+    # package was imported, before Prefect was: Prefect reads its settings only at import
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")
@@ -194,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         state = pipeline(project_dir=args.project_dir, run_name=args.run_name, return_state=True)
         state.result()
     except user_errors() as e:
-        print(f"reftflow: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(f"reftflow: error: {e}", EXIT_BAD_INPUT)
+    except StageBadInput as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
     except StageFailed as e:
-        print(f"reftflow: {e}", file=sys.stderr)
-        return 1
+        return _fail(f"reftflow: {e}", 1)
     return 0
 
 

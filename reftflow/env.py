@@ -1,8 +1,11 @@
-"""Privacy and runtime defaults applied by every entry point (never at import time).
+"""Privacy and runtime defaults applied by every entry point (never by a library module at import).
 
-Each switch was checked to stop a real network call (shared/REFERENCE.md §10): MLflow only
-honours DO_NOT_TRACK=true (not 1), Prefect's server heartbeat needs its own switch, DVC starts
-an analytics daemon after every command, and the HF hub is never needed by the default model.
+Each privacy switch was checked to stop a real network call: MLflow only honours
+DO_NOT_TRACK=true (not 1), Prefect's server heartbeat needs its own switch, DVC starts an
+analytics daemon after every command, and the HF hub is never needed by the default model.
+
+Prefect reads its settings once, when `prefect` is first imported, so these must be in the
+environment before that import (the `flows` package applies them as it is imported).
 """
 
 from __future__ import annotations
@@ -19,8 +22,17 @@ PRIVACY_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+# Not privacy: settings that keep a run from failing on a slow machine.
+RUNTIME_ENV = {
+    # With no PREFECT_API_URL the flow starts a temporary Prefect server and waits for it; on a
+    # fresh PREFECT_HOME that includes creating and migrating its SQLite DB, which takes longer
+    # than Prefect's 20 s default on a busy 2-core machine ("Timed out while attempting to
+    # connect to ephemeral Prefect API server").
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+
 
 def apply_defaults() -> None:
-    """Set the privacy switches unless the user set them (setdefault: the user can opt back in)."""
-    for key, value in PRIVACY_ENV.items():
+    """Set the privacy and runtime defaults unless the user set them (setdefault: the user decides)."""
+    for key, value in {**PRIVACY_ENV, **RUNTIME_ENV}.items():
         os.environ.setdefault(key, value)

@@ -1,7 +1,9 @@
-"""The flow's command line and its cron deployment."""
+"""The flow's command line, its environment defaults, its cron deployment, and the layering."""
 
 from __future__ import annotations
 
+import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -72,3 +74,41 @@ def test_bad_cron_is_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "--cron 'every day'" in proc.stderr
+
+
+def test_env_defaults_reach_prefect_before_it_reads_its_settings():
+    """Prefect reads its settings once, at import: importing the flow must set the defaults first."""
+    code = ("import flows.pipeline\n"
+            "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as T\n"
+            "from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as A\n"
+            "print(T.value(), A.value())\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "PREFECT_SERVER_ANALYTICS_ENABLED")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["120", "False"]
+    # setdefault: the user's own value wins
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"})
+    assert proc.stdout.split()[0] == "300"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["grade", "--help"]])
+def test_console_script_answers_help(args):
+    script = Path(sys.executable).parent / "reftflow"
+    assert script.exists(), "console script missing: pip install -e . (make setup) generates it"
+    proc = subprocess.run([str(script), *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: reftflow {args[0] if args[0] != '--help' else ''}".rstrip())
+
+
+def test_library_never_imports_the_app_layer():
+    """`reftflow` is the library; `flows` (Prefect flow, deployment, command line) builds on it, not the reverse."""
+    offenders = []
+    for path in sorted((ROOT / "reftflow").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names
+                          if n == "flows" or n.startswith("flows.")]
+    assert offenders == []

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def grade(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reftflow.cli", "grade", *args], capture_output=True, text=True, cwd=ROOT, timeout=100
+        [sys.executable, "-m", "flows.cli", "grade", *args], capture_output=True, text=True, cwd=ROOT, timeout=100
     )
 
 
@@ -87,7 +87,7 @@ def test_bad_config_or_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 def test_console_script_is_wired():
-    from reftflow.cli import build_parser
+    from flows.cli import build_parser
 
     args = build_parser().parse_args(["grade", "--grader", "g.json", "--validate"])
     assert callable(args.func) and args.validate

@@ -1,15 +1,17 @@
-"""`reftflow` command line: one entry, subcommands registered by the modules that own them."""
+"""`reftflow` command line: one entry, subcommands registered by the modules that own them.
+
+It lives in the app layer because `run` starts the Prefect flow: the `reftflow` library never
+imports `flows`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from reftflow.env import apply_defaults
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reftflow", description=__doc__)
+    parser = argparse.ArgumentParser(prog="reftflow", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     from reftflow.graders import cli as grade_cli
 
@@ -22,13 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from flows.pipeline import main as pipeline_main
+    from flows.pipeline import main as pipeline_main  # imports Prefect: only for `run`
 
     return pipeline_main(["--project-dir", args.project_dir])
 
 
 def main(argv: list[str] | None = None) -> int:
-    apply_defaults()
+    # environment defaults: applied when the `flows` package was imported, before Prefect was
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
