@@ -5,7 +5,7 @@
 
 Runs `--warmup` PPO steps (not timed: first calls on new shapes are slow), then `--steps` timed
 ones, prints one table and writes JSON to `--out`. "other" is everything outside sampling, the
-no-grad forwards and the update (grading, padding, GAE, metrics); the target is <= 15% of a step.
+reference forward and the update (grading, padding, GAE, metrics); the target is <= 15% of a step.
 A random-init model never emits EOS, so every answer runs to max_new_tokens: the slow case.
 """
 
@@ -42,19 +42,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from reftflow.config import ModelConfig, PPOConfig
+    from reftflow.config import DEFAULT_GRADER, ModelConfig, PPOConfig
     from reftflow.data.synthetic import generate
-    from reftflow.modeling import count_parameters, set_threads
-    from reftflow.ppo.smoke import make_policy
-    from reftflow.ppo.trainer import PPOTrainer, numeric_reward
+    from reftflow.graders import build_grader
+    from reftflow.modeling import count_parameters, save_new_model, set_threads
+    from reftflow.ppo.trainer import PPOTrainer
 
     set_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="ppo-speed-"))
-    policy = Path(args.policy) if args.policy else make_policy(work / "sft", args.seed, ModelConfig())
+    policy = Path(args.policy) if args.policy else save_new_model(work / "sft", ModelConfig(), args.seed)
     cfg = PPOConfig(steps=args.warmup + args.steps, questions_per_step=args.questions, samples_per_question=args.k,
                     minibatch_size=args.minibatch, ppo_epochs=args.epochs, max_new_tokens=args.max_new_tokens,
                     checkpoint_every=0)
-    trainer = PPOTrainer(policy, generate(500, seed=args.seed), cfg, numeric_reward, work / "ppo", work / "ck",
+    trainer = PPOTrainer(policy, generate(500, seed=args.seed), cfg, build_grader(DEFAULT_GRADER), work / "ppo",
                          seed=args.seed, torch_threads=args.threads)
     t0 = time.perf_counter()
     history = list(trainer.train())
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": args.threads,
-        "parameters": count_parameters(trainer.accelerator.unwrap_model(trainer.model).policy),
+        "parameters": count_parameters(trainer.lm),
         "policy": str(policy) if args.policy else "default tiny model, random init",
         "config": {"questions_per_step": args.questions, "samples_per_question": args.k, "minibatch_size": args.minibatch,
                    "ppo_epochs": args.epochs, "max_new_tokens": args.max_new_tokens},
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
         "step_s": step_s,
         "step_s_each": [m["time/step_s"] for m in timed],
         "warmup_step_s_each": [m["time/step_s"] for m in history[:args.warmup]],
-        "seconds": {p: mean(f"time/{p}_s") for p in PARTS} | {"score": mean("time/score_s")},
+        "seconds": {p: mean(f"time/{p}_s") for p in PARTS},
         "ppo_step_fraction": {p: mean(f"time/{p}_s") / step_s for p in PARTS},
-        "response_length_mean": mean("ppo/response_length"),
+        "response_length_mean": mean("rl/response_length"),
         "total_wall_s": wall,
     }
     out = Path(args.out)

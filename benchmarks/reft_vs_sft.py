@@ -5,11 +5,13 @@
     python benchmarks/reft_vs_sft.py --params params.yaml --seeds 0 1 2 3
 
 From one SFT warm-up checkpoint, each seed runs
-  (c) PPO (ours) for `ppo.steps` steps, timed: its wall time T is the budget of the others;
+  (c) PPO (ours) for `ppo.steps` steps, timed: its training time T is the budget of the others;
   (b) SFT continued from the warm-up for T seconds (same lr/schedule as the warm-up, restarted,
       with the schedule sized to T from the warm-up's measured step rate; a time limit stops it);
   (d) GRPO (TRL GRPOTrainer, same grader, model, K and batch) for T seconds;
+  (e) RAFT (rejection sampling + fine-tuning on full marks, `ppo.raft`) for T seconds;
 and every model, with (a) the warm-up, is scored by greedy accuracy on the held-out questions.
+The RL arms all run through `reftflow.rl.build_algorithm` and stop at the first step end past T.
 Episodes/s (an episode = one sampled answer graded and trained on) are the mean over RL steps after
 the first two (cold shapes); the PPO step fractions split a step into generation, scoring forwards
 (old policy + values, reference), update, and everything else (grading, GAE, metrics).
@@ -37,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from reftflow.config import DataConfig, ModelConfig, PPOConfig, SFTConfig, load_params  # noqa: E402
 
-ARMS = ["warmup", "sft_continued", "ppo", "grpo"]
+ARMS = ["warmup", "sft_continued", "ppo", "grpo", "raft"]
 PARTS = ["generate", "forward", "update", "other"]
 # The default regime is the shipped params.yaml (docs/regime.md explains how it was found); --quick
 # swaps in tiny sizes for a smoke test.
@@ -94,8 +96,30 @@ def continue_sft(policy: Path, records, model_cfg: ModelConfig, cfg: SFTConfig, 
     return {"steps": int(summary["global_steps"]), "planned_steps": steps, "wall_s": summary["wall_s"]}
 
 
+def run_rl(name: str, policy: Path, records, cfg: PPOConfig, grader, out_dir: Path, seed: int, threads: int,
+           budget_s: float | None, say: Progress) -> tuple[list[dict], float]:
+    """One RL arm through the `reftflow.rl` protocol: train until `cfg.steps` or `budget_s` seconds of
+    training (checked at each step's end), then save; (metrics per step, training seconds)."""
+    from reftflow.rl import build_algorithm
+
+    with quiet_stdout():
+        algo = build_algorithm(name, policy, records, cfg, grader, out_dir, seed, torch_threads=threads)
+    history, t = [], time.perf_counter()
+    with quiet_stdout():
+        for m in algo.train():
+            history.append(m)
+            if m["step"] % max(1, cfg.steps // 10) == 0:
+                say(f"  {name} step {int(m['step'])}: sample accuracy {m['rl/accuracy']:.2f}, "
+                    f"{m['rl/episodes_per_s']:.1f} episodes/s")
+            if budget_s is not None and time.perf_counter() - t >= budget_s:
+                break
+    wall = time.perf_counter() - t
+    algo.save()
+    return history, wall
+
+
 def run(args: argparse.Namespace) -> dict:
-    from reftflow.graders import DEFAULT_GRADER
+    from reftflow.config import DEFAULT_GRADER
 
     if args.quick and not args.params:
         regime, grader_spec = dict(QUICK), DEFAULT_GRADER
@@ -114,9 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     from reftflow.data.prepare import build_splits
     from reftflow.evaluation import evaluate_model
     from reftflow.graders import build_grader
-    from reftflow.grpo import train_grpo
     from reftflow.modeling import count_parameters, load_model, set_threads
-    from reftflow.ppo.trainer import PPOTrainer
     from reftflow.sft import train_sft
     from transformers.utils import logging as hf_logging
 
@@ -127,9 +149,6 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="reft-vs-sft-"))
     work.mkdir(parents=True, exist_ok=True)
     grader = build_grader(grader_spec, base_dir=ROOT)
-
-    def grade_fn(texts, items):
-        return [r.score for r in grader.grade_many(texts, items)]
 
     def accuracy(model_dir: Path, label: str) -> float:
         t = time.perf_counter()
@@ -154,30 +173,21 @@ def run(args: argparse.Namespace) -> dict:
     acc_warm = accuracy(warm, "warmup")
     params = count_parameters(load_model(warm)[0])
 
-    eps = {"ppo": [], "grpo": []}
+    eps: dict[str, list[float]] = {"ppo": [], "grpo": [], "raft": []}
     fractions: list[dict[str, float]] = []
     per_seed = []
-    grpo_step_s = None
+    step_s: dict[str, float] = {}
+    """the last seed's seconds per step of grpo and raft: sizes the next seed's schedule to the budget."""
     for seed in seeds:
         say(f"seed {seed}")
         acc["warmup"].append(acc_warm)
-        # (c) PPO, timed; its wall time is the budget of (b) and (d)
-        t = time.perf_counter()
-        trainer = PPOTrainer(warm, train, ppo_cfg, grade_fn, work / f"ppo-{seed}", work / f"ck-{seed}", seed=seed,
-                             torch_threads=threads)
-        history = []
-        for m in trainer.train():
-            history.append(m)
-            if m["step"] % max(1, ppo_cfg.steps // 10) == 0 or m["step"] == ppo_cfg.steps:
-                say(f"  ppo step {int(m['step'])}/{ppo_cfg.steps}: sample accuracy {m['ppo/accuracy']:.2f}, "
-                    f"kl {m['ppo/kl']:.2f}, {m['ppo/episodes_per_s']:.1f} episodes/s")
-        budget = time.perf_counter() - t
+        # (c) PPO for ppo.steps; its training time T is the budget of (b), (d) and (e)
+        history, budget = run_rl("ppo", warm, train, ppo_cfg, grader, work / f"ppo-{seed}", seed, threads, None, say)
         say(f"  ppo: {len(history)} steps in {budget:.0f}s (the budget of the other arms)")
-        del trainer
         acc["ppo"].append(accuracy(work / f"ppo-{seed}", "ppo"))
-        eps["ppo"].append(warm_mean(history, "ppo/episodes_per_s"))
-        step_s = warm_mean(history, "time/step_s")
-        fractions.append({p: warm_mean(history, f"time/{p}_s") / step_s for p in PARTS})
+        eps["ppo"].append(warm_mean(history, "rl/episodes_per_s"))
+        ppo_step_s = warm_mean(history, "time/step_s")
+        fractions.append({p: warm_mean(history, f"time/{p}_s") / ppo_step_s for p in PARTS})
 
         # (b) SFT continued for the same wall time
         with quiet_stdout():
@@ -185,22 +195,22 @@ def run(args: argparse.Namespace) -> dict:
         say(f"  sft continued: {sft['steps']} steps (planned {sft['planned_steps']}) in {sft['wall_s']:.0f}s")
         acc["sft_continued"].append(accuracy(work / f"sft-{seed}", "sft_continued"))
 
-        # (d) GRPO for the same wall time; its step count (lr schedule) sized from the last seed's speed
-        grpo_steps = ppo_cfg.steps if grpo_step_s is None else max(1, round(budget / grpo_step_s))
-        t = time.perf_counter()
-        with quiet_stdout():
-            ghist = list(train_grpo(warm, train, ppo_cfg.model_copy(update={"steps": grpo_steps}), grader,
-                                    work / f"grpo-{seed}", seed=seed, work_dir=work / f"grpo-work-{seed}",
-                                    time_limit_s=budget, torch_threads=threads))
-        gwall = time.perf_counter() - t
-        grpo_step_s = warm_mean(ghist, "time/step_s")
-        eps["grpo"].append(warm_mean(ghist, "grpo/episodes_per_s"))
-        say(f"  grpo: {len(ghist)} steps (planned {grpo_steps}) in {gwall:.0f}s, "
-            f"{eps['grpo'][-1]:.1f} episodes/s (ppo {eps['ppo'][-1]:.1f})")
-        acc["grpo"].append(accuracy(work / f"grpo-{seed}", "grpo"))
+        # (d) GRPO and (e) RAFT for the same wall time; their step counts (lr schedule) are sized from the
+        # last seed's speed (the first seed plans 3x PPO's steps, so the budget, not the plan, ends it)
+        row = {}
+        for arm in ("grpo", "raft"):
+            planned = max(1, round(budget / step_s[arm])) if arm in step_s else 3 * ppo_cfg.steps
+            hist, wall = run_rl(arm, warm, train, ppo_cfg.model_copy(update={"algorithm": arm, "steps": planned}),
+                                grader, work / f"{arm}-{seed}", seed, threads, budget, say)
+            step_s[arm] = warm_mean(hist, "time/step_s")
+            eps[arm].append(warm_mean(hist, "rl/episodes_per_s"))
+            say(f"  {arm}: {len(hist)} steps (planned {planned}) in {wall:.0f}s, {eps[arm][-1]:.1f} episodes/s "
+                f"(ppo {eps['ppo'][-1]:.1f})")
+            acc[arm].append(accuracy(work / f"{arm}-{seed}", arm))
+            row[f"{arm}_steps"] = len(hist)
         per_seed.append({"seed": seed, "budget_s": budget, "ppo_steps": len(history), "sft_steps": sft["steps"],
-                         "grpo_steps": len(ghist), **{arm: acc[arm][-1] for arm in ARMS},
-                         "ppo_sample_accuracy_last": history[-1]["ppo/accuracy"] if history else None})
+                         **row, **{arm: acc[arm][-1] for arm in ARMS},
+                         "ppo_sample_accuracy_last": history[-1]["rl/accuracy"] if history else None})
 
     result = {
         "heldout_accuracy": {arm: mean_std(acc[arm]) for arm in ARMS},
@@ -233,12 +243,12 @@ def print_table(r: dict) -> None:
           f"seeds {r['seeds']}, {s['torch_threads']} thread(s), {s['device']}")
     print(f"{'arm':<26}{'held-out accuracy':>20}{'vs warm-up':>12}")
     names = {"warmup": "(a) SFT warm-up", "sft_continued": "(b) SFT continued, same T", "ppo": "(c) PPO (ours)",
-             "grpo": "(d) GRPO (TRL), same T"}
+             "grpo": "(d) GRPO (TRL), same T", "raft": "(e) RAFT, same T"}
     for arm in ARMS:
         d = h[arm]["mean"] - h["warmup"]["mean"]
         print(f"{names[arm]:<26}{100 * h[arm]['mean']:>12.1f} ± {100 * h[arm]['std']:<5.1f}{100 * d:>+11.1f}")
     e = r["episodes_per_s"]
-    print(f"episodes/s: ppo {e['ppo']:.1f}, grpo {e['grpo']:.1f} ({e['ppo'] / e['grpo']:.2f}x)")
+    print(f"episodes/s: ppo {e['ppo']:.1f}, grpo {e['grpo']:.1f} ({e['ppo'] / e['grpo']:.2f}x), raft {e['raft']:.1f}")
     f = r["ppo_step_fraction"]
     print("ppo step: " + ", ".join(f"{p} {100 * f[p]:.0f}%" for p in PARTS))
 

@@ -3,6 +3,7 @@
     python benchmarks/regime_probe.py warm --name plateau                      # SFT warm-up (params.yaml)
     python benchmarks/regime_probe.py sft  --name cont --warm plateau --seconds 120 --sft '{"max_steps": 360}'
     python benchmarks/regime_probe.py ppo  --name v1 --warm plateau --seconds 120 --ppo '{"lr": 3e-5, "steps": 300}'
+    python benchmarks/regime_probe.py ppo  --name r1 --warm plateau --seconds 120 --ppo '{"algorithm": "raft", "steps": 600}'
     python benchmarks/regime_probe.py raft --name raft --warm plateau --seconds 120 --sft '{"max_steps": 360}'
 
 Every run reads the regime from params.yaml (or --params), changed by JSON overrides per section
@@ -13,7 +14,8 @@ later runs start from a named warm-up. Each result prints one line and is append
 
   warm  SFT from scratch on the worked items.
   sft   SFT continued from --warm for --seconds (a time limit; --sft sets the schedule's steps).
-  ppo   PPO from --warm for --seconds of training, evaluated every --eval-every steps.
+  ppo   RL (`ppo.algorithm`: ppo, grpo or raft) from --warm for --seconds of training, evaluated every
+        --eval-every steps.
   raft  one round of rejection-sampling fine-tuning (RAFT/ReST/STaR): 4 samples of every training
         question, the first correct one kept for each answer-only question, then SFT from --warm on
         the worked items plus those for --seconds. A probe of how much the reward can teach.
@@ -55,17 +57,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = load_params(args.params)
     over = {s: json.loads(getattr(args, s)) for s in ("data", "model", "sft", "ppo")}
-    data_cfg = p.data.model_copy(update=over["data"])
-    model_cfg = p.model.model_copy(update=over["model"])
-    sft_cfg = p.sft.model_copy(update={"logging_steps": 10**9, **over["sft"]})
-    ppo_cfg = p.ppo.model_copy(update={"checkpoint_every": 0, **over["ppo"]})
+
+    def section(cfg, **update):
+        """`cfg` with the overrides, validated (nested sections such as ppo.raft become objects)."""
+        return type(cfg).model_validate({**cfg.model_dump(), **update})
+
+    data_cfg = section(p.data, **over["data"])
+    model_cfg = section(p.model, **over["model"])
+    sft_cfg = section(p.sft, logging_steps=10**9, **over["sft"])
+    ppo_cfg = section(p.ppo, checkpoint_every=0, **over["ppo"])
 
     from transformers.utils import logging as hf_logging
 
     from reftflow.data.prepare import build_splits
     from reftflow.graders import build_grader
     from reftflow.modeling import load_model, set_threads
-    from reftflow.ppo.rollout import generate_greedy, unwrap_lm
+    from reftflow.generation import generate_greedy
     from reftflow.prompting import item_dict, prompt_text
     from reftflow.sft import train_sft
 
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         return [r.score for r in grader.grade_many(texts, items)]
 
     def greedy(lm, tok) -> float:
-        outs = generate_greedy(lm, tok, [prompt_text(r.question) for r in val], ppo_cfg.max_new_tokens, 100)
+        outs = generate_greedy(lm, tok, [prompt_text(r) for r in val], ppo_cfg.max_new_tokens, 100)
         return sum(s >= 1.0 for s in grade(outs, [item_dict(r) for r in val])) / len(val)
 
     def record(**fields) -> dict:
@@ -101,38 +108,41 @@ def main(argv: list[str] | None = None) -> dict:
                       greedy=greedy(*load_model(out_dir)))
 
     if args.mode == "ppo":
-        from reftflow.ppo.trainer import PPOTrainer
+        from reftflow.rl import build_algorithm
 
-        trainer = PPOTrainer(warm, train, ppo_cfg, grade, out_dir, work / f"{args.name}-checkpoints", seed=args.seed,
-                             torch_threads=threads)
+        trainer = build_algorithm(ppo_cfg.algorithm, warm, train, ppo_cfg, grader, out_dir, seed=args.seed,
+                                  torch_threads=threads)
         t0, eval_s, window, row = time.perf_counter(), 0.0, [], {}
         for m in trainer.train():
             window.append(m)
             train_s = time.perf_counter() - t0 - eval_s
             if m["step"] % args.eval_every == 0 or train_s >= args.seconds:
                 t = time.perf_counter()
-                acc = greedy(unwrap_lm(trainer.model), trainer.tokenizer)
+                acc = greedy(trainer.lm, trainer.tokenizer)
                 eval_s += time.perf_counter() - t
 
                 def mean(k):
                     return sum(x[k] for x in window) / len(window)
 
-                row = record(step=int(m["step"]), train_s=train_s, greedy=acc, sample=mean("ppo/accuracy"),
-                             kl=mean("ppo/kl"), entropy=mean("ppo/entropy"), episodes_per_s=mean("ppo/episodes_per_s"))
+                row = record(step=int(m["step"]), train_s=train_s, greedy=acc, sample=mean("rl/accuracy"),
+                             kl=mean("rl/kl") if "rl/kl" in m else None,
+                             entropy=mean("rl/entropy") if "rl/entropy" in m else None,
+                             episodes_per_s=mean("rl/episodes_per_s"))
                 window = []
                 if train_s >= args.seconds:
                     break
+        trainer.save()
         return row
 
     if args.mode == "raft":
         import torch
 
-        from reftflow.ppo import rollout
+        from reftflow import generation as rollout
 
         model, tok = load_model(warm)
         model.eval()
         torch.manual_seed(args.seed)
-        tokens = tok([prompt_text(r.question) for r in train])["input_ids"]
+        tokens = tok([prompt_text(r) for r in train])["input_ids"]
         K, t0, correct, solved, extra = 4, time.perf_counter(), 0, 0, []
         for start in range(0, len(train), 32):
             idx = range(start, min(start + 32, len(train)))

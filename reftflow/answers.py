@@ -46,12 +46,6 @@ def extract_answer(text: str, method: str = "gsm8k") -> str | None:
     return found[-1].strip() if found else None
 
 
-def numbers_match(a: float | None, b: float | None, rel_tol: float = 1e-6, abs_tol: float = 1e-6) -> bool:
-    if a is None or b is None:
-        return False
-    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
-
-
 def format_number(value: float) -> str:
     """Canonical text of a final answer: 14.0 → '14', 2.5 → '2.5'."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"

@@ -8,6 +8,7 @@ section; nothing downstream reads raw dicts. An unknown key or a wrong type rais
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +16,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from reftflow.errors import InputError
 
-class ConfigError(ValueError):
+
+DEFAULT_GRADER: dict[str, Any] = {
+    "type": "numeric_answer",
+    "name": "final_answer",
+    "input": "{{ sample.output_text }}",
+    "reference": "{{ item.answer }}",
+    "extraction": "gsm8k",
+}
+"""ReFT's reward (reftflow/graders/numeric.py): the default `grader` of params.yaml."""
+
+
+class ConfigError(InputError):
     """A bad params file: the message is one line naming the file and key."""
 
 
@@ -82,8 +95,19 @@ class SFTConfig(_Section):
     logging_steps: int = Field(10, ge=1)
 
 
+class RAFTConfig(_Section):
+    """`ppo.algorithm: raft` only (reftflow/raft.py)."""
+
+    lr: float = Field(1e-4, gt=0, le=1)
+    """AdamW learning rate of the fine-tuning on accepted samples (SFT-like: far above PPO's)."""
+    max_per_question: int = Field(1, ge=1)
+    """distinct fully accepted samples kept per question and step."""
+
+
 class PPOConfig(_Section):
-    algorithm: Literal["ppo", "grpo"] = "ppo"
+    algorithm: Literal["ppo", "grpo", "raft"] = "ppo"
+    """the RL algorithm (reftflow/rl): ppo (ours, ReFT-style), grpo (TRL GRPOTrainer), raft (rejection
+    sampling + fine-tuning); all train on the same questions and grader with the sizes below."""
     steps: int = Field(60, ge=1)
     questions_per_step: int = Field(16, ge=1)
     samples_per_question: int = Field(4, ge=1)
@@ -91,7 +115,7 @@ class PPOConfig(_Section):
     ppo_epochs: int = Field(2, ge=1)
     minibatch_size: int = Field(32, ge=1)
     """rollouts per update minibatch, rounded down to whole questions (a multiple of samples_per_question)
-    so that the K samples of a question share one prompt pass (reftflow/ppo/value_head.py)."""
+    so that the K samples of a question share one prompt pass (reftflow/forward.py)."""
     lr: float = Field(1e-5, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     clip_range: float = Field(0.2, gt=0)
@@ -106,6 +130,8 @@ class PPOConfig(_Section):
     """gae: the ReFT critic (value head, GAE); grpo / rloo: each sample against the other samples of its
     question, no critic (as verl's `algorithm.adv_estimator`); the update stays PPO's clipped objective."""
     whiten_advantages: bool = True
+    """whiten GAE advantages over the batch (TRL/verl). The grpo/rloo group baselines are never whitened
+    again: they are already centred per question (reftflow/ppo/core.py `compute_advantages`)."""
     negative_advantage_scale: float = Field(1.0, ge=0, le=1)
     """multiplies negative advantages (after whitening): 1 is plain PPO; below 1 pushes wrong answers
     down less than it pulls right ones up (docs/regime.md: the push-down is what drifts a sharp SFT model)."""
@@ -123,7 +149,13 @@ class PPOConfig(_Section):
     """save a resumable checkpoint every N steps (0: never)."""
     max_kl: float = Field(0.0, ge=0)
     """stop early when the mean per-sequence KL to the reference exceeds this (0: no bound)."""
-    log_every: int = Field(1, ge=1)
+    raft: RAFTConfig = RAFTConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> PPOConfig:
+        if self.algorithm == "raft" and self.num_processes > 1:
+            raise ValueError("algorithm 'raft' runs on one process: set ppo.num_processes to 1")
+        return self
 
 
 class EvaluateConfig(_Section):
@@ -153,15 +185,7 @@ class Params(_Section):
     ppo: PPOConfig = PPOConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
-    grader: dict[str, Any] | str = Field(
-        default_factory=lambda: {
-            "type": "numeric_answer",
-            "name": "final_answer",
-            "input": "{{ sample.output_text }}",
-            "reference": "{{ item.answer }}",
-            "extraction": "gsm8k",
-        }
-    )
+    grader: dict[str, Any] | str = Field(default_factory=lambda: copy.deepcopy(DEFAULT_GRADER))
     """a grader object (see reftflow.graders) or a path to a JSON/YAML file holding one."""
 
 
@@ -183,6 +207,19 @@ _Loader.add_implicit_resolver(
 )
 
 
+def parse_yaml(text: str) -> Any:
+    """YAML text → data, with `_Loader` (so `1e-3` is a float); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML syntax error as `:LINE: invalid YAML (problem)`, to follow a file name."""
+    mark = getattr(e, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{where}: invalid YAML ({problem})"
+
+
 def read_yaml(path: str | Path) -> Any:
     """Read a YAML file; a syntax error becomes a one-line ConfigError naming the file and line."""
     path = Path(path)
@@ -191,12 +228,9 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        return yaml.load(text, Loader=_Loader)
+        return parse_yaml(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+        raise ConfigError(f"{path}{yaml_error(e)}") from None
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reftflow.data.records import Record
+from reftflow.graders.base import FULL_MARKS
 from reftflow.prompting import item_dict, prompt_text
-
-FULL_MARKS = 1.0 - 1e-9
 
 
 @dataclass
@@ -22,10 +21,10 @@ def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new
                    label: str) -> EvalResult:
     """Greedy accuracy (share of samples with full grader marks) and mean grader score."""
     from reftflow.modeling import load_model
-    from reftflow.ppo.rollout import generate_greedy
+    from reftflow.generation import generate_greedy
 
     model, tok = load_model(model_dir)
-    outputs = generate_greedy(model, tok, [prompt_text(r.question) for r in records], max_new_tokens, batch_size)
+    outputs = generate_greedy(model, tok, [prompt_text(r) for r in records], max_new_tokens, batch_size)
     items = [item_dict(r) for r in records]
     results = grader.grade_many(outputs, items)
     rows = [

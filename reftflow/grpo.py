@@ -1,15 +1,20 @@
-"""GRPO through TRL's GRPOTrainer, on the same data, grader and PPO config section.
+"""GRPO through TRL's GRPOTrainer, on the same data, grader and PPO config section (`ppo.algorithm: grpo`).
 
-The alternative RL algorithm (`ppo.algorithm: grpo`): no value head; advantages are each sample's
-reward relative to the other samples of its question (Shao et al., 2024, DeepSeekMath §4.1).
-Sizes map from `PPOConfig` so a comparison with our PPO uses the same model, K and batch:
-one generation batch = `questions_per_step` × K completions, reused for `ppo_epochs` passes
-(TRL's `num_iterations`) in minibatches of `minibatch_size`.
+No value head; advantages are each sample's reward relative to the other samples of its question
+(Shao et al., 2024, DeepSeekMath §4.1). Sizes map from `PPOConfig` so a comparison with our PPO
+uses the same model, K and batch: one generation batch = `questions_per_step` × K completions,
+reused for `ppo_epochs` passes (TRL's `num_iterations`) in minibatches of `minibatch_size`.
+
+TRL's `train()` runs to the end in one call, so it runs in a worker thread that pauses at every
+RL-step boundary until the caller asks for the next step: `train()` is then a real generator like
+our PPO's, and a caller that stops iterating stops training at that boundary.
 """
 
 from __future__ import annotations
 
-import shutil
+import queue
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -33,99 +38,167 @@ def grpo_sizes(cfg: PPOConfig) -> dict[str, int]:
     }
 
 
-def train_grpo(policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader, out_dir: str | Path,
-               seed: int, work_dir: str | Path | None = None, time_limit_s: float | None = None,
-               torch_threads: int = 0) -> Iterator[dict[str, float]]:
-    """Train with GRPOTrainer, save a HF model dir to `out_dir`, then yield one metrics dict per RL step
-    (TRL logs per optimizer step; those are grouped back into RL steps of one generation batch).
-
-    `time_limit_s` stops training at the first RL-step boundary after that many seconds of training
-    (a wall-time-matched comparison with PPO); the model trained so far is saved as usual. Each RL
-    step's metrics carry `time/step_s` and `grpo/episodes_per_s` (an episode = one sampled, graded
-    and trained-on completion), measured from the trainer's step boundaries.
-    """
-    import tempfile
-    import time
-
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from reftflow.graders import as_reward_function
-    from reftflow.modeling import load_model, save_trained, set_threads
-
-    set_threads(torch_threads)
-    model, tok = load_model(policy_path)
-    sizes = grpo_sizes(cfg)
-    per_rl_step = sizes["optimizer_steps_per_rl_step"]
-    rows = [{"prompt": prompt_text(r.question), **{k: v if v is not None else "" for k, v in item_dict(r).items()}}
-            for r in records]
-    collected: list[tuple[int, dict[str, float]]] = []
-    step_ends: dict[int, float] = {}
-    """optimizer step -> wall time at its end (0: when training began)."""
-
-    class _Collect(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            step_ends[0] = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            now = step_ends[state.global_step] = time.perf_counter()
-            if (time_limit_s is not None and state.global_step % per_rl_step == 0
-                    and now - step_ends[0] >= time_limit_s):
-                control.should_training_stop = True
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:  # per-optimizer-step logs, not the final summary
-                collected.append((state.global_step, {k: float(v) for k, v in logs.items()
-                                                      if isinstance(v, (int, float))}))
-
-    work = Path(work_dir or tempfile.mkdtemp(prefix="reftflow-grpo-"))
-    args = GRPOConfig(
-        output_dir=str(work),
-        per_device_train_batch_size=sizes["per_device_train_batch_size"],
-        steps_per_generation=sizes["steps_per_generation"],
-        num_iterations=sizes["num_iterations"],
-        max_steps=sizes["max_steps"],
-        num_generations=cfg.samples_per_question,
-        max_completion_length=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_k=0,
-        top_p=1.0,
-        beta=cfg.kl_coef,
-        epsilon=cfg.clip_range,
-        learning_rate=cfg.lr,
-        lr_scheduler_type=cfg.lr_scheduler,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-    )
-    trainer = GRPOTrainer(model=model, reward_funcs=as_reward_function(grader), args=args,
-                          train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[_Collect()])
-    trainer.train()
-    save_trained(trainer, tok, out_dir)
-    if work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
-
+def rl_step_metrics(chunk: list[dict[str, float]], cfg: PPOConfig, grader_name: str, step_s: float | None
+                    ) -> dict[str, float]:
+    """One RL step's metrics from TRL's logs of its optimizer steps, under the protocol's names
+    (`reftflow.graders.as_reward_function` logs `<grader>/accuracy` and `<grader>/error_rate`)."""
+    keys = {k for m in chunk for k in m}
+    mean = {k: sum(m[k] for m in chunk if k in m) / sum(1 for m in chunk if k in m) for k in keys}
     episodes = cfg.questions_per_step * cfg.samples_per_question
-    for rl_step in range(cfg.steps):
-        first, last = rl_step * per_rl_step, (rl_step + 1) * per_rl_step
-        chunk = [m for s, m in collected if first < s <= last]
-        if not chunk:
-            continue
-        keys = {k for m in chunk for k in m}
-        mean = {k: sum(m[k] for m in chunk if k in m) / sum(1 for m in chunk if k in m) for k in keys}
-        timing = {}
-        if first in step_ends and last in step_ends:
-            step_s = step_ends[last] - step_ends[first]
-            timing = {"time/step_s": step_s, "grpo/episodes_per_s": episodes / step_s if step_s > 0 else float("nan")}
-        yield {"step": rl_step + 1, **timing, "ppo/reward_mean": mean.get("reward", float("nan")),
-               "ppo/kl": mean.get("kl", 0.0), "ppo/entropy": mean.get("entropy", float("nan")),
-               "ppo/policy_loss": mean.get("loss", float("nan")), "ppo/lr": mean.get("learning_rate", cfg.lr),
-               **{f"grpo/{k.replace('/', '_')}": v for k, v in mean.items()}}
+    timing = {} if step_s is None else {"time/step_s": step_s,
+                                        "rl/episodes_per_s": episodes / step_s if step_s > 0 else float("nan")}
+    return {**timing, "rl/reward_mean": mean.get("reward", float("nan")),
+            "rl/accuracy": mean.get(f"{grader_name}/accuracy", float("nan")),
+            "rl/grader_error_rate": mean.get(f"{grader_name}/error_rate", float("nan")),
+            "rl/reward_std": mean.get("reward_std", float("nan")), "rl/kl": mean.get("kl", 0.0),
+            "rl/entropy": mean.get("entropy", float("nan")), "rl/lr": mean.get("learning_rate", cfg.lr),
+            "rl/episodes": episodes, **{f"grpo/{k.replace('/', '_')}": v for k, v in mean.items()}}
+
+
+class GRPOAlgorithm:
+    """TRL GRPO behind the `reftflow.rl` protocol. Checkpoints are not written (`checkpoint_dir` is
+    accepted and ignored): a killed GRPO run starts over."""
+
+    def __init__(self, policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader, out_dir: str | Path,
+                 seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0):
+        import tempfile
+
+        import torch
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        from reftflow.graders import as_reward_function
+        from reftflow.modeling import load_model, set_threads
+
+        set_threads(torch_threads)
+        self.cfg, self.out_dir, self.stop_reason = cfg, Path(out_dir), None
+        model, self.tokenizer = load_model(policy_path)
+        sizes = grpo_sizes(cfg)
+        self.per_rl_step = sizes["optimizer_steps_per_rl_step"]
+        rows = [{"prompt": prompt_text(r), **{k: v if v is not None else "" for k, v in item_dict(r).items()}}
+                for r in records]
+        self._work = tempfile.TemporaryDirectory(prefix="reftflow-grpo-")
+        args = GRPOConfig(
+            output_dir=self._work.name,
+            per_device_train_batch_size=sizes["per_device_train_batch_size"],
+            steps_per_generation=sizes["steps_per_generation"],
+            num_iterations=sizes["num_iterations"],
+            max_steps=sizes["max_steps"],
+            num_generations=cfg.samples_per_question,
+            max_completion_length=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=0,
+            top_p=1.0,
+            beta=cfg.kl_coef,
+            epsilon=cfg.clip_range,
+            learning_rate=cfg.lr,
+            lr_scheduler_type=cfg.lr_scheduler,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+        )
+        self._lockstep = _Lockstep(self.per_rl_step, cfg, grader.name)
+        self.trainer = GRPOTrainer(model=model, reward_funcs=as_reward_function(grader), args=args,
+                                   train_dataset=Dataset.from_list(rows), processing_class=self.tokenizer,
+                                   callbacks=[self._lockstep.callback()])
+
+    @property
+    def lm(self):
+        return self.trainer.model
+
+    def train(self) -> Iterator[dict[str, float]]:
+        """TRL's training in a worker thread, one RL step per `next()`."""
+        worker = threading.Thread(target=self._lockstep.run, args=(self.trainer.train,), daemon=True)
+        worker.start()
+        step = 0
+        try:
+            while (metrics := self._lockstep.next_step()) is not None:
+                step += 1
+                yield {"step": step, **metrics}
+        finally:
+            self._lockstep.stop()
+            worker.join()
+        self._lockstep.raise_error()
+
+    def save(self) -> None:
+        from reftflow.modeling import save_trained
+
+        save_trained(self.trainer, self.tokenizer, self.out_dir)
+        self._work.cleanup()
+
+
+class _Lockstep:
+    """Hands TRL's per-RL-step metrics from the training thread to the caller, one step at a time."""
+
+    _DONE = object()
+
+    def __init__(self, per_rl_step: int, cfg: PPOConfig, grader_name: str):
+        self.per_rl_step, self.cfg, self.grader_name = per_rl_step, cfg, grader_name
+        self._out: queue.Queue = queue.Queue(maxsize=1)
+        self._go = threading.Semaphore(0)
+        self._stopped = threading.Event()
+        self._finished = False
+        """the worker's end was received by the caller."""
+        self._error: BaseException | None = None
+
+    def run(self, train) -> None:
+        try:
+            train()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = e
+        finally:
+            self._out.put(self._DONE)
+
+    def next_step(self) -> dict[str, float] | None:
+        self._go.release()
+        item = self._out.get()
+        self._finished = item is self._DONE
+        return None if self._finished else item
+
+    def stop(self) -> None:
+        """Let the worker stop at its next pause and wait for it to finish."""
+        self._stopped.set()
+        self._go.release()
+        while not self._finished:
+            self._finished = self._out.get() is self._DONE
+            self._go.release()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        lock = self
+        collected: list[dict[str, float]] = []
+        step_ends: dict[int, float] = {}
+
+        class _Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                step_ends[0] = time.perf_counter()
+                lock._go.acquire()  # wait for the first next()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                step_ends[state.global_step] = time.perf_counter()
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:  # per-optimizer-step logs, not the final summary
+                    collected.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+                if state.global_step % lock.per_rl_step or not collected:
+                    return
+                first = state.global_step - lock.per_rl_step
+                step_s = step_ends[state.global_step] - step_ends[first] if first in step_ends else None
+                lock._out.put(rl_step_metrics(collected, lock.cfg, lock.grader_name, step_s))
+                collected.clear()
+                lock._go.acquire()  # pause until the caller wants the next step
+                if lock._stopped.is_set():
+                    control.should_training_stop = True
+
+        return _Callback()

@@ -1,14 +1,17 @@
-"""Atomic file writes: write to a temp file beside the target, then rename (no half-written outputs)."""
+"""Atomic writes of files and directories: write to a temp path beside the target, then rename
+(no half-written outputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -37,3 +40,34 @@ def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], fieldnames: l
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def replace_dir(tmp: str | Path, dest: str | Path) -> None:
+    """Move a fully written directory `tmp` to `dest`, replacing any previous one.
+
+    `dest` is either the old directory or the new one at every moment: the old one is renamed
+    aside first and removed only after the new one is in place.
+    """
+    tmp, dest = Path(tmp), Path(dest)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Write a directory atomically: fill the yielded temp dir (beside `dest`); on success it replaces
+    `dest`, on any error it is removed and `dest` stays as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -86,13 +86,19 @@ def count_parameters(model) -> int:
 
 def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
     """A HF Trainer's model + tokenizer → a normal model dir, written beside `out_dir` then renamed."""
-    import shutil
+    from reftflow.io import atomic_dir
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        trainer.save_model(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
+        tokenizer.save_pretrained(str(tmp))
+
+
+def save_new_model(path: str | Path, cfg: ModelConfig, seed: int = 0) -> Path:
+    """A freshly initialised model + tokenizer from `cfg`, saved as a normal HF dir (a starting policy
+    for tests and benchmarks that need no warm-up)."""
+    model, tok = init_model(cfg, seed)
+    path = Path(path)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path

@@ -1,12 +1,16 @@
-"""The prompt/completion text format shared by SFT, RL and evaluation."""
+"""The prompt/completion text format shared by SFT, RL, evaluation and the registered model.
+
+Every prompt is built by `prompt_text`: the one place a chat template will plug in.
+"""
 
 from __future__ import annotations
 
 from reftflow.data.records import Record
 
 
-def prompt_text(question: str) -> str:
-    return f"Q: {question}\nA:"
+def prompt_text(record: Record) -> str:
+    """What the model sees before it answers `record`."""
+    return f"Q: {record.question}\nA:"
 
 
 def completion_text(record: Record) -> str:

@@ -17,7 +17,7 @@ from reftflow.prompting import completion_text, prompt_text
 
 def sft_examples(records: list[Record]) -> list[dict[str, str]]:
     """TRL's prompt-completion format; only items with a worked solution."""
-    return [{"prompt": prompt_text(r.question), "completion": completion_text(r)} for r in records if r.reasoning]
+    return [{"prompt": prompt_text(r), "completion": completion_text(r)} for r in records if r.reasoning]
 
 
 def train_sft(
@@ -42,7 +42,6 @@ def train_sft(
 
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     from reftflow.modeling import count_parameters, init_model, load_model, save_trained
@@ -68,7 +67,25 @@ def train_sft(
 
     out_dir = Path(out_dir)
     work = Path(work_dir or tempfile.mkdtemp(prefix="reftflow-sft-"))
-    args = TRLSFTConfig(
+    args = _trl_config(cfg, model_cfg, work, seed)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, callbacks=[_Hooks()])
+    result = trainer.train()
+    wall_s = time.perf_counter() - started[0]
+    tokenizer.padding_side = "left"
+    save_trained(trainer, tokenizer, out_dir)
+    if work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
+            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
+            "global_steps": float(result.global_step), "parameters": float(count_parameters(model))}
+
+
+def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int):
+    """The `sft` section as TRL's SFTConfig: completion-only loss, no checkpoints, no reporting."""
+    from trl import SFTConfig as TRLSFTConfig
+
+    return TRLSFTConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -88,17 +105,6 @@ def train_sft(
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=[_Hooks()])
-    result = trainer.train()
-    wall_s = time.perf_counter() - started[0]
-    tokenizer.padding_side = "left"
-    save_trained(trainer, tokenizer, out_dir)
-    if work_dir is None:
-        shutil.rmtree(work, ignore_errors=True)
-    return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
-            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
-            "global_steps": float(result.global_step), "parameters": float(count_parameters(model))}
 
 
 def _cuda() -> bool:

@@ -1,9 +1,9 @@
 """The one module that talks to MLflow: run lifecycle, params, metrics, artifacts, datasets, registry.
 
-Lifecycle (shared/DESIGN.md "MLflow records"): the Prefect flow opens one parent run per pipeline
+Lifecycle: the Prefect flow opens one parent run per pipeline
 run and passes its id to each stage subprocess in `REFTFLOW_PARENT_RUN_ID`; a stage that actually
 runs opens a child run named after itself with `parent_run_id=` (MLflow's active run is
-thread-local, so nested=True alone would silently make a top-level run: REFERENCE.md pitfall 4).
+thread-local, so nested=True alone would silently make a top-level run from a Prefect worker thread).
 Training and math code never import this module: they return or yield metrics.
 """
 
@@ -28,7 +28,8 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
 def tracking_uri(project_dir: str | Path = ".") -> str:
     """MLFLOW_TRACKING_URI, else an absolute SQLite store in the project (absolute: stage
-    subprocesses and Prefect workers may run from another CWD, REFERENCE.md pitfall 5)."""
+    subprocesses and Prefect workers may run from another CWD, and MLflow resolves a relative
+    `sqlite:///mlflow.db` against the CWD of the moment)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(project_dir).resolve() / 'mlflow.db'}"
 
 
@@ -58,7 +59,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 def file_md5(path: str | Path) -> str:
-    """The same md5 DVC records for a file output (REFERENCE.md §9)."""
+    """The same md5 DVC records for a file output in dvc.lock (the plain md5 of its bytes)."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -74,19 +75,19 @@ def git_commit(project_dir: str | Path = ".") -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def _mlflow():
+def _mlflow(project_dir: str | Path = "."):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(tracking_uri(project_dir))
     return mlflow
 
 
-def _experiment_id(mlflow, name: str) -> str:
+def _experiment_id(mlflow, name: str, project_dir: str | Path = ".") -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # an absolute artifact root: the default is resolved against the CWD at creation time
-    root = (Path.cwd() / "mlruns").resolve().as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
+    # an absolute artifact root in the project: the default is resolved against the CWD at creation time
+    root = (Path(project_dir) / "mlruns").resolve().as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
     try:
         return mlflow.create_experiment(name, artifact_location=root)
     except Exception:  # noqa: BLE001 - a concurrent creator won the race; read theirs
@@ -192,8 +193,8 @@ def _run(mlflow, exp_id: str, name: str, tags: dict[str, str], params: Mapping[s
 def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: Mapping[str, str] | None = None,
                  project_dir: str | Path = ".") -> Iterator[RunLogger]:
     """The parent run of one pipeline run; its id goes to stage subprocesses via the environment."""
-    mlflow = _mlflow()
-    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    mlflow = _mlflow(project_dir)
+    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT), project_dir)
     with _run(mlflow, exp_id, run_name or "pipeline", {"reftflow.kind": "pipeline", **(tags or {})}, params,
               project_dir) as logger:
         yield logger
@@ -208,14 +209,12 @@ class NullLogger:
         return lambda *args, **kwargs: None
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[RunLogger]:
     """A child run for one stage under the parent named in REFTFLOW_PARENT_RUN_ID (or a top-level
     run tagged with the stage when a stage is run alone, e.g. by a bare `dvc repro`)."""
+    from reftflow.distributed import is_main_process
+
     if not is_main_process():
         yield NullLogger()  # type: ignore[misc]
         return
@@ -248,8 +247,8 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias
                       tags: Mapping[str, Any] | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
     """Log the model as an MLflow transformers model in `logger`'s run, register it and alias it.
 
-    An in-memory pipeline is logged (logging a local dir fails with transformers 5.24, REFERENCE.md
-    pitfall 6) with explicit pip requirements (else MLflow demands torchvision and runs a slow
+    An in-memory pipeline is logged (logging a local dir fails with transformers 5.24 in MLflow's
+    flavor config: `'str' object has no attribute '__name__'`) with explicit pip requirements (else MLflow demands torchvision and runs a slow
     inference subprocess). Needs HF_HUB_OFFLINE=1 to avoid 48 s of hub retries.
     """
     import importlib.metadata as md
@@ -257,7 +256,9 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias
     import mlflow
     from transformers import pipeline
 
+    from reftflow.data.records import Record
     from reftflow.modeling import load_model
+    from reftflow.prompting import prompt_text
 
     model, tok = load_model(model_dir)
     pipe = pipeline("text-generation", model=model, tokenizer=tok)
@@ -265,7 +266,7 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias
     with mlflow.start_run(run_id=logger.run_id):
         info = mlflow.transformers.log_model(
             transformers_model=pipe, name="policy", task="text-generation", pip_requirements=reqs,
-            input_example="Q: Ann has 3 pens. They get 2 more. How many pens now?\nA:",
+            input_example=prompt_text(Record("example", "Ann has 3 pens. She gets 2 more. How many pens now?", "5")),
             model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
         )
     mv = mlflow.register_model(info.model_uri, name)

@@ -1,4 +1,4 @@
-"""Stage `ppo`: ReFT-style PPO (ours) or GRPO (TRL) from models/sft against the grader → models/ppo/."""
+"""Stage `ppo`: RL from models/sft against the grader → models/ppo/ (`ppo.algorithm`: ppo, grpo or raft)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
 
+CURVE_KEYS = ["reward_mean", "accuracy", "kl", "ppo_value_loss", "entropy", "ppo_clipfrac", "raft_kept"]
+"""the panels of plots/rl_curves.png (an algorithm that does not report one skips it)."""
+
 
 def checkpoint_dir(params: Params) -> Path:
-    """Checkpoints are only resumed by a run with the same inputs. The trainer fingerprints its config,
-    seed and data; this key adds what it cannot see: the grader and which SFT model it started from
-    (each file's name, size and mtime: a re-trained SFT model rewrites them; no need to hash GBs)."""
+    """The run's identity, computed once: checkpoints under it are resumed only by a run with the same
+    RL config, seed, grader, training data and SFT model (each SFT file's name, size and mtime: a
+    re-trained model rewrites them; no need to hash GBs)."""
     from reftflow.tracking import file_md5
 
     sft = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in paths.SFT_MODEL.iterdir() if f.is_file())
@@ -35,71 +38,72 @@ def relaunch(n: int, params_file: str) -> int:
     return subprocess.run(cmd).returncode
 
 
+def curve_row(metrics: dict[str, float]) -> dict[str, float]:
+    """A metrics dict as a CSV row: `rl/reward_mean` → `reward_mean`, `ppo/clipfrac` → `ppo_clipfrac`."""
+    return {"step": int(metrics["step"]), **{k.removeprefix("rl/").replace("/", "_"): v
+                                             for k, v in metrics.items() if k != "step"}}
+
+
+def train(algo, steps: int, run_log) -> list[dict[str, float]]:
+    """The stage's loop: log every step's metrics, show a progress bar, return the curve."""
+    from tqdm import tqdm
+
+    from reftflow.distributed import is_main_process
+
+    curve = []
+    with tqdm(total=steps, desc="rl", unit="step", disable=not is_main_process(), file=sys.stderr) as bar:
+        for metrics in algo.train():
+            run_log.log_metrics(metrics, step=int(metrics["step"]))
+            curve.append(curve_row(metrics))
+            bar.set_postfix({k: f"{metrics[f'rl/{k}']:.3f}" for k in ("reward_mean", "kl") if f"rl/{k}" in metrics})
+            bar.update(1)
+    return curve
+
+
 def run(params: Params, args) -> None:
     if params.ppo.num_processes > 1 and "RANK" not in os.environ:
         raise SystemExit(relaunch(params.ppo.num_processes, args.params))
     from reftflow.data.records import read_records
+    from reftflow.distributed import is_main_process
     from reftflow.graders import build_grader
     from reftflow.io import write_csv, write_json
-    from reftflow.modeling import set_threads
     from reftflow.prompting import item_dict
-    from reftflow.ppo.trainer import TrainingDiverged
-    from reftflow.tracking import is_main_process, stage_run
+    from reftflow.rl import TrainingDiverged, build_algorithm
+    from reftflow.tracking import stage_run
 
     cfg = params.ppo
-    set_threads(params.model.torch_threads)
     records = read_records(paths.TRAIN)
     grader = build_grader(params.grader, item_fields=set(item_dict(records[0])))
     ckpt = checkpoint_dir(params)
-    curve: list[dict[str, float]] = []
     with grader, stage_run("ppo", {"seed": params.seed, "ppo": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
-        if cfg.algorithm == "grpo":
-            from reftflow.grpo import train_grpo
-
-            steps = train_grpo(paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed)
-            stop_reason = None
-        else:
-            from reftflow.ppo.trainer import PPOTrainer
-
-            def grade_fn(texts: list[str], items: list[dict]) -> list[float]:
-                return [r.score for r in grader.grade_many(texts, items)]
-
-            trainer = PPOTrainer(paths.SFT_MODEL, records, cfg, grade_fn, paths.PPO_MODEL, ckpt, params.seed,
-                                 params.model.torch_threads)
-            steps = trainer.train()
+        algo = build_algorithm(cfg.algorithm, paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed,
+                               checkpoint_dir=ckpt, torch_threads=params.model.torch_threads)
         try:
-            for metrics in steps:
-                step = int(metrics["step"])
-                run_log.log_metrics(metrics, step=step)
-                curve.append({"step": step, **{k.removeprefix("ppo/").replace("/", "_"): v
-                                               for k, v in metrics.items() if k != "step"}})
+            curve = train(algo, cfg.steps, run_log)
         except TrainingDiverged as e:
             # nothing reaches models/ppo, the stage fails, the flow stops before gate: nothing is promoted
             run_log.set_tags({"reftflow.ppo.stop_reason": f"diverged: {e}"})
             print(f"reftflow ppo: error: {e}", file=sys.stderr)
             raise SystemExit(3) from None
-        if cfg.algorithm == "ppo":
-            stop_reason = trainer.stop_reason
-        summary = {k: v for k, v in curve[-1].items()} if curve else {}
-        summary["stopped_early"] = stop_reason or ""
-        if not is_main_process():  # under accelerate/torchrun only rank 0 writes (the trainer saves the model)
+        algo.save()
+        if not is_main_process():  # under accelerate/torchrun only rank 0 writes
             return
+        summary = {**(curve[-1] if curve else {}), "stopped_early": algo.stop_reason or ""}
         write_csv(paths.PPO_CURVE, curve)
         write_json(paths.PPO_METRICS, summary)
-        run_log.set_tags({"reftflow.ppo.stop_reason": stop_reason or "completed"})
+        run_log.set_tags({"reftflow.ppo.stop_reason": algo.stop_reason or "completed"})
         run_log.log_artifact(paths.PPO_CURVE, "plots")
         if curve:
             from reftflow.plots import curves_figure
 
-            keys = ["reward_mean", "accuracy", "kl", "value_loss", "entropy", "clipfrac"]
-            run_log.log_figure(curves_figure(curve, keys, f"RL ({cfg.algorithm})"), "plots/rl_curves.png")
+            run_log.log_figure(curves_figure(curve, CURVE_KEYS, f"RL ({cfg.algorithm})"), "plots/rl_curves.png")
         run_log.log_artifact(paths.PPO_MODEL, "model")
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: a rerun with the same inputs is DVC-cached anyway
-    if stop_reason:
-        print(f"ppo: stopped early: {stop_reason}")
+    if algo.stop_reason:
+        print(f"ppo: stopped early: {algo.stop_reason}")
     last = curve[-1] if curve else {}
-    print(f"ppo: {len(curve)} steps, last reward {last.get('reward_mean', float('nan')):.3f}, "
+    print(f"ppo ({cfg.algorithm}): {len(curve)} steps, last reward {last.get('reward_mean', float('nan')):.3f}, "
           f"sample accuracy {last.get('accuracy', float('nan')):.3f}")
 
 

@@ -1,11 +1,12 @@
 """A tiny end-to-end PPO run on the synthetic task: the subprocess the resume and multi-process tests drive.
 
-    python -m reftflow.ppo.smoke --workdir /tmp/run --make-policy
-    CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes 2 reftflow/ppo/smoke.py --workdir /tmp/run
+    python -m tests.ppo_smoke --workdir /tmp/run --make-policy
+    CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes 2 -m tests.ppo_smoke --workdir /tmp/run
 
-Writes, under --workdir: `sft/` (with --make-policy), `ppo/` (the final policy), `checkpoints/`,
-`metrics.jsonl` (one line per step, main process), and `rank{r}.json` per process with its rollout
-count and a hash of the final policy + value head parameters.
+Writes, under --workdir: `sft/` (with --make-policy), `ppo/` (the final policy), `checkpoints/`
+(removed once the run has saved, as the ppo stage does), `metrics.jsonl` (one line per step, main
+process), and `rank{r}.json` per process with its share of each step's questions and a hash of the
+final policy + value head parameters.
 """
 
 from __future__ import annotations
@@ -13,31 +14,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from reftflow.config import ModelConfig, PPOConfig
+from reftflow.config import PPOConfig
 from reftflow.data.synthetic import generate
-
-TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
-
-
-def make_policy(path: str | Path, seed: int = 0, model_cfg: ModelConfig = TINY) -> Path:
-    """Save a freshly initialised tiny model + char tokenizer as the stand-in "SFT" model."""
-    from reftflow.modeling import init_model
-
-    model, tok = init_model(model_cfg, seed)
-    path = Path(path)
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
-
-
-def digit_reward(output_texts: list[str], items: list[dict]) -> list[float]:
-    """A dense toy reward (share of digits in the output) so an untrained model gets a signal."""
-    return [sum(c.isdigit() for c in t) / max(1, len(t)) for t in output_texts]
+from tests.helpers import DIGITS, make_policy
 
 
 def parameter_hash(module: torch.nn.Module) -> str:
@@ -72,16 +57,19 @@ def main(argv: list[str] | None = None) -> None:
     cfg = PPOConfig(steps=args.steps, questions_per_step=args.questions, samples_per_question=args.k,
                     minibatch_size=args.minibatch, max_new_tokens=args.max_new_tokens,
                     checkpoint_every=args.checkpoint_every, lr=args.lr)
-    trainer = PPOTrainer(work / "sft", generate(24, seed=1), cfg, digit_reward, work / "ppo", work / "checkpoints",
-                         seed=args.seed, torch_threads=args.threads)
+    trainer = PPOTrainer(work / "sft", generate(24, seed=1), cfg, DIGITS, work / "ppo", seed=args.seed,
+                         checkpoint_dir=work / "checkpoints", torch_threads=args.threads)
     for metrics in trainer.train():
         with open(work / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         if args.sleep:
             time.sleep(args.sleep)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    info = {"rank": trainer.rank, "world_size": trainer.world_size, "rollouts": trainer.rollouts_done,
-            "param_hash": parameter_hash(model), "step": trainer.step,
+    trainer.save()
+    trainer.accelerator.wait_for_everyone()
+    if trainer.rank == 0:
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    info = {"rank": trainer.rank, "world_size": trainer.world_size, "questions_per_step": len(trainer.questions(1)),
+            "param_hash": parameter_hash(trainer.policy), "step": trainer.step,
             "distributed_type": str(trainer.accelerator.distributed_type), "backend": str(trainer.accelerator.state.backend)}
     (work / f"rank{trainer.rank}.json").write_text(json.dumps(info))
 

@@ -19,14 +19,15 @@ def test_reft_vs_sft_quick_writes_the_documented_keys(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    for arm in ("warmup", "sft_continued", "ppo", "grpo"):
+    for arm in ("warmup", "sft_continued", "ppo", "grpo", "raft"):
         assert 0.0 <= data["heldout_accuracy"][arm]["mean"] <= 1.0 and data["heldout_accuracy"][arm]["std"] >= 0.0
     assert len(data["seeds"]) >= 3
-    assert data["episodes_per_s"]["ppo"] > 0 and data["episodes_per_s"]["grpo"] > 0
+    assert data["episodes_per_s"]["ppo"] > 0 and data["episodes_per_s"]["grpo"] > 0 and data["episodes_per_s"]["raft"] > 0
+    assert all(row["raft_steps"] >= 1 and row["grpo_steps"] >= 1 for row in data["per_seed"])
     fractions = data["ppo_step_fraction"]
     assert set(fractions) == {"generate", "forward", "update", "other"}
     assert sum(fractions.values()) == pytest.approx(1.0, abs=0.02)
-    assert "(c) PPO" in proc.stdout
+    assert "(c) PPO" in proc.stdout and "(e) RAFT" in proc.stdout
 
 
 def test_regime_probe_runs_each_mode_and_logs_json(tmp_path):

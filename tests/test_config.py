@@ -32,7 +32,9 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path):
         ("sft:\n  epochs: ten\n", "'sft.epochs': Input should be a valid number (got 'ten')"),  # string for a number
         ("ppo:\n  steps: 2.5\n", "'ppo.steps': Input should be a valid integer"),  # float for an int
         ("modle:\n  hidden_size: 8\n", "unknown key 'modle'"),  # typo in a section
-        ("ppo:\n  algorithm: trpo\n", "'ppo.algorithm': Input should be 'ppo' or 'grpo'"),  # not a choice
+        ("ppo:\n  algorithm: trpo\n", "'ppo.algorithm': Input should be 'ppo', 'grpo' or 'raft'"),  # not a choice
+        ("ppo:\n  algorithm: raft\n  num_processes: 2\n", "algorithm 'raft' runs on one process"),  # cannot work
+        ("ppo:\n  raft:\n    lr: 0\n", "'ppo.raft.lr': Input should be greater than 0"),  # nested range
         ("data:\n  min_ops: 3\n  max_ops: 1\n", "'data': min_ops must be <= max_ops"),  # cross-field rule
         ("ppo: [1, 2]\n", "'ppo': Input should be a valid dictionary"),  # wrong shape
         ("ppo:\n  lr: -1\n", "'ppo.lr': Input should be greater than 0"),  # out of range

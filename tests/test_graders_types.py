@@ -377,7 +377,7 @@ def test_reward_function_strings_chat_and_columns():
         log_metric=lambda k, v: logged.__setitem__(k, v),
     )
     assert scores == [1.0, 0.1, 1.0]
-    assert logged == {"final_answer/error_rate": 0.0}
+    assert logged == {"final_answer/error_rate": 0.0, "final_answer/accuracy": 2 / 3}
     assert as_reward_function(build_grader(DEFAULT_GRADER), name="acc").__name__ == "acc"
 
 

@@ -9,9 +9,10 @@ import torch
 from reftflow.config import PPOConfig
 from reftflow.data.synthetic import generate
 from reftflow.graders import build_grader
-from reftflow.grpo import grpo_sizes, train_grpo
+from reftflow.grpo import GRPOAlgorithm, grpo_sizes
 from reftflow.modeling import load_model
-from reftflow.ppo.smoke import make_policy
+from reftflow.rl import COMMON_METRICS
+from tests.helpers import make_policy
 
 # dense, so a random-init model gets different rewards within a group (GRPO's advantage is 0 otherwise)
 FUZZY = {"type": "text_similarity", "name": "fuzzy", "input": "{{ sample.output_text }}",
@@ -31,23 +32,29 @@ def test_grpo_two_steps_change_parameters(tmp_path):
     before = {k: v.clone() for k, v in load_model(policy)[0].state_dict().items()}
     cfg = PPOConfig(steps=2, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=8,
                     lr=1e-2, checkpoint_every=0)
-    metrics = list(train_grpo(policy, generate(16, seed=1), cfg, build_grader(FUZZY), tmp_path / "grpo", seed=0))
+    algo = GRPOAlgorithm(policy, generate(16, seed=1), cfg, build_grader(FUZZY), tmp_path / "grpo", seed=0)
+    metrics = list(algo.train())
+    algo.save()
 
     assert [m["step"] for m in metrics] == [1, 2]
     for m in metrics:
-        for key in ("ppo/reward_mean", "ppo/kl", "ppo/policy_loss", "time/step_s", "grpo/episodes_per_s"):
+        for key in (*COMMON_METRICS, "rl/kl", "grpo/loss"):
             assert math.isfinite(m[key]), (key, m[key])
     after = load_model(tmp_path / "grpo")[0].state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "no parameter changed after 2 GRPO steps"
 
 
-def test_grpo_time_limit_stops_at_a_step_boundary(tmp_path):
+def test_grpo_stops_at_the_step_the_caller_stops_at(tmp_path):
+    """train() is a real generator: TRL's loop waits at each RL-step boundary for the next `next()`."""
     torch.set_num_threads(1)
     policy = make_policy(tmp_path / "sft")
     cfg = PPOConfig(steps=50, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=8,
                     checkpoint_every=0)
-    metrics = list(train_grpo(policy, generate(16, seed=1), cfg, build_grader(FUZZY), tmp_path / "grpo", seed=0,
-                              time_limit_s=0.0))
-    assert [m["step"] for m in metrics] == [1]
+    algo = GRPOAlgorithm(policy, generate(16, seed=1), cfg, build_grader(FUZZY), tmp_path / "grpo", seed=0)
+    for m in algo.train():
+        break
+    assert m["step"] == 1
+    assert algo.trainer.state.global_step == grpo_sizes(cfg)["optimizer_steps_per_rl_step"]
+    algo.save()
     assert (tmp_path / "grpo" / "config.json").exists()

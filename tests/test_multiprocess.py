@@ -10,8 +10,11 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
-from reftflow.ppo.smoke import make_policy
+from tests.helpers import make_policy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -20,21 +23,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_share_rollouts_and_end_identical(tmp_path):
+def test_two_processes_share_questions_and_end_identical(tmp_path):
     make_policy(tmp_path / "sft")
     steps, questions, k = 3, 4, 2
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "reftflow.ppo.smoke",
+           "--main_process_port", str(_free_port()), "-m", "tests.ppo_smoke",
            "--workdir", str(tmp_path), "--steps", str(steps), "--questions", str(questions), "--k", str(k),
            "--checkpoint-every", "2", "--threads", "1"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # CPU/gloo even on a GPU machine
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r, info in enumerate(ranks):
         assert info["rank"] == r and info["world_size"] == 2 and info["backend"] == "gloo"
-        assert info["rollouts"] == steps * questions * k // 2  # each process sampled its half
+        assert info["questions_per_step"] == questions // 2  # each process samples its half
     assert ranks[0]["param_hash"] == ranks[1]["param_hash"]  # gradients were all-reduced
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]  # only the main process logged

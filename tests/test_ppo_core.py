@@ -134,3 +134,58 @@ def test_group_advantages_compare_each_sample_with_its_question():
     assert rloo[1, 0].item() == pytest.approx(0.0 - 0.5)  # 0 minus the mean of (1, 0)
     with pytest.raises(ValueError, match="groups of 4"):
         group_advantages(returns, mask, 4)
+
+
+# -- compute_advantages: each estimator on hand-computed cases ---------------------------------------
+from reftflow.ppo.core import compute_advantages  # noqa: E402
+
+
+def test_gae_advantages_by_hand():
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5]])
+    mask = torch.ones(1, 3)
+    # lambda 1, gamma 1: every token's advantage is the return (1) minus its value (0.5)
+    adv, ret = compute_advantages(rewards, values, mask, "gae", gamma=1.0, lam=1.0, whiten=False)
+    torch.testing.assert_close(adv, torch.tensor([[0.5, 0.5, 0.5]]))
+    torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0, 1.0]]))
+    # lambda 0: one-step TD errors r_t + V_{t+1} - V_t, with V = 0 after the last token
+    adv, _ = compute_advantages(rewards, values, mask, "gae", gamma=1.0, lam=0.0, whiten=False)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.0, 0.5]]))
+
+
+def test_gae_whitening_is_masked_whiten_of_the_raw_advantages():
+    rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.1]])
+    values = torch.tensor([[0.2, 0.4, 9.0], [0.1, 0.1, 0.1]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    raw, _ = compute_advantages(rewards, values, mask, "gae", whiten=False)
+    white, _ = compute_advantages(rewards, values, mask, "gae", whiten=True)
+    torch.testing.assert_close(white, masked_whiten(raw, mask))
+
+
+def test_grpo_advantages_by_hand_and_never_whitened_again():
+    # K = 2: sequence rewards 1 and 0 -> mean 0.5, std sqrt(0.5) -> +-0.5 / 0.7071 on every real token
+    rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv, ret = compute_advantages(rewards, None, mask, "grpo", group_size=2, whiten=True)
+    a = 0.5 / math.sqrt(0.5)
+    torch.testing.assert_close(adv, torch.tensor([[a, a], [-a, 0.0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))  # reward-to-go
+    same, _ = compute_advantages(rewards, None, mask, "grpo", group_size=2, whiten=False)
+    torch.testing.assert_close(adv, same)
+
+
+def test_rloo_advantages_by_hand_with_negative_scaling():
+    # K = 3, returns 1, 0, 0: each minus the mean of the other two -> 1, -0.5, -0.5
+    rewards = torch.tensor([[1.0], [0.0], [0.0]])
+    mask = torch.ones(3, 1)
+    adv, _ = compute_advantages(rewards, None, mask, "rloo", group_size=3)
+    torch.testing.assert_close(adv, torch.tensor([[1.0], [-0.5], [-0.5]]))
+    scaled, _ = compute_advantages(rewards, None, mask, "rloo", group_size=3, negative_scale=0.5)
+    torch.testing.assert_close(scaled, torch.tensor([[1.0], [-0.25], [-0.25]]))
+
+
+def test_compute_advantages_refuses_what_cannot_work():
+    with pytest.raises(ValueError, match="unknown advantage estimator 'vtrace'"):
+        compute_advantages(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), "vtrace")
+    with pytest.raises(ValueError, match="gae estimator needs values"):
+        compute_advantages(torch.zeros(1, 1), None, torch.ones(1, 1), "gae")

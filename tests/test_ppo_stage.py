@@ -34,5 +34,5 @@ def test_ppo_stage_runs_on_two_processes(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="tags.`reftflow.stage` = 'ppo'")
     assert len(runs) == 1  # one process logs
-    history = client.get_metric_history(runs[0].info.run_id, "ppo/reward_mean")
+    history = client.get_metric_history(runs[0].info.run_id, "rl/reward_mean")
     assert [m.step for m in history] == [1, 2]

@@ -7,13 +7,13 @@ import torch
 
 from reftflow.config import PPOConfig
 from reftflow.data.synthetic import generate
-from reftflow.ppo.smoke import digit_reward, make_policy
-from reftflow.ppo.trainer import PPOTrainer, numeric_reward
+from reftflow.ppo.trainer import PPOTrainer
 from reftflow.ppo.value_head import VALUE_HEAD_FILE, PolicyWithValue
+from reftflow.rl import COMMON_METRICS
+from tests.helpers import DIGITS, make_policy
 
-REQUIRED = ["step", "ppo/reward_mean", "ppo/accuracy", "ppo/kl", "ppo/value_loss", "ppo/policy_loss", "ppo/clipfrac",
-            "ppo/entropy", "ppo/approx_kl", "ppo/lr", "value/clipfrac", "time/generate_s", "time/forward_s",
-            "time/update_s", "time/other_s", "time/step_s", "ppo/episodes_per_s"]
+REQUIRED = ["step", *COMMON_METRICS, "rl/kl", "ppo/value_loss", "ppo/policy_loss", "ppo/clipfrac", "rl/entropy",
+            "ppo/approx_kl", "value/clipfrac", "time/generate_s", "time/forward_s", "time/update_s", "time/other_s"]
 
 
 def _cfg(**kw):
@@ -28,16 +28,12 @@ def sft(tmp_path):
     return make_policy(tmp_path / "sft")
 
 
-def test_numeric_reward_is_the_reft_reward():
-    items = [{"answer": "12"}] * 4
-    assert numeric_reward(["6+6=12. #### 12", "#### 13", "no answer", "#### 12.0"], items) == [1.0, 0.1, 0.0, 1.0]
-
-
 def test_ppo_smoke_changes_parameters_and_saves(sft, tmp_path):
     before = {k: v.clone() for k, v in PolicyWithValue.from_pretrained(sft)[0].state_dict().items()}
-    trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(), digit_reward, tmp_path / "ppo", tmp_path / "ck", seed=0,
-                         torch_threads=1)
+    trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(), DIGITS, tmp_path / "ppo", seed=0, torch_threads=1)
     history = list(trainer.train())
+    assert not (tmp_path / "ppo").exists()  # saving is the caller's explicit step
+    trainer.save()
     assert [m["step"] for m in history] == [1, 2, 3] and trainer.stop_reason is None
     for m in history:
         missing = [k for k in REQUIRED if k not in m]
@@ -45,8 +41,8 @@ def test_ppo_smoke_changes_parameters_and_saves(sft, tmp_path):
         assert all(math.isfinite(v) for v in m.values()), m
         parts = m["time/generate_s"] + m["time/forward_s"] + m["time/update_s"] + m["time/other_s"]
         assert parts == pytest.approx(m["time/step_s"])
-        assert 0.0 <= m["ppo/accuracy"] <= 1.0 and m["ppo/episodes"] == 8
-    assert history[-1]["ppo/kl"] != 0.0  # the policy moved away from the reference
+        assert 0.0 <= m["rl/accuracy"] <= 1.0 and m["rl/episodes"] == 8 and m["rl/grader_error_rate"] == 0.0
+    assert history[-1]["rl/kl"] != 0.0  # the policy moved away from the reference
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "ppo")  # a normal HF dir
@@ -60,20 +56,24 @@ def test_ppo_smoke_changes_parameters_and_saves(sft, tmp_path):
 
 def test_kl_bound_stops_early_and_still_saves(sft, tmp_path):
     cfg = _cfg(steps=6, lr=5e-3, max_kl=1e-6, kl_estimator="k3")
-    trainer = PPOTrainer(sft, generate(16, seed=0), cfg, digit_reward, tmp_path / "ppo", tmp_path / "ck", seed=0,
-                         torch_threads=1)
+    trainer = PPOTrainer(sft, generate(16, seed=0), cfg, DIGITS, tmp_path / "ppo", seed=0, torch_threads=1)
     history = list(trainer.train())
+    trainer.save()
     assert trainer.stop_reason is not None and trainer.stop_reason.startswith("kl_bound")
     assert "max_kl" in trainer.stop_reason and f"step {history[-1]['step']}" in trainer.stop_reason
-    assert len(history) < 6 and history[-1]["ppo/kl"] > 1e-6
+    assert len(history) < 6 and history[-1]["rl/kl"] > 1e-6
     assert (tmp_path / "ppo" / "config.json").exists()
 
 
-def test_step_questions_cover_the_data_before_repeating(sft, tmp_path):
-    trainer = PPOTrainer(sft, generate(4, seed=0), _cfg(steps=1, questions_per_step=2), digit_reward, tmp_path / "p", tmp_path / "c", seed=0)
-    epoch0 = trainer._step_questions(1) + trainer._step_questions(2)
-    epoch1 = trainer._step_questions(3) + trainer._step_questions(4)
+def test_step_questions_cover_the_data_before_repeating():
+    from reftflow.rl.schedule import QuestionSchedule
+
+    questions = QuestionSchedule(4, 2, seed=0)
+    epoch0 = questions(1) + questions(2)
+    epoch1 = questions(3) + questions(4)
     assert sorted(epoch0) == sorted(epoch1) == [0, 1, 2, 3] and epoch0 != epoch1  # reshuffled each pass
+    halves = [QuestionSchedule(4, 2, seed=0, rank=r, world_size=2)(1) for r in (0, 1)]
+    assert halves == [questions(1)[0::2], questions(1)[1::2]]  # each process its share of the same questions
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "rloo"])
@@ -82,8 +82,9 @@ def test_critic_free_estimators_train_the_policy_and_leave_the_value_head(sft, t
     before = {k: v.clone() for k, v in PolicyWithValue.from_pretrained(sft)[0].state_dict().items()}
     trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(advantage_estimator=estimator, whiten_advantages=False,
                                                           negative_advantage_scale=0.5),
-                         digit_reward, tmp_path / "ppo", tmp_path / "ck", seed=0, torch_threads=1)
+                         DIGITS, tmp_path / "ppo", seed=0, torch_threads=1)
     history = list(trainer.train())
+    trainer.save()
     assert len(history) == 3 and all(math.isfinite(v) for m in history for v in m.values())
     assert all(m["ppo/value_loss"] == 0.0 for m in history)
     after, _ = PolicyWithValue.from_pretrained(tmp_path / "ppo")

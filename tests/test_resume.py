@@ -8,16 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-from reftflow.ppo.smoke import make_policy
+from tests.helpers import make_policy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ARGS = ["--steps", "4", "--checkpoint-every", "1", "--threads", "1"]
 
 
 def _run(workdir: Path, *extra: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "reftflow.ppo.smoke", "--workdir", str(workdir), *ARGS, *extra]
+    cmd = [sys.executable, "-m", "tests.ppo_smoke", "--workdir", str(workdir), *ARGS, *extra]
     if wait:
-        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
 def _metrics(workdir: Path) -> dict[int, dict]:
@@ -25,7 +27,7 @@ def _metrics(workdir: Path) -> dict[int, dict]:
     out = {}
     for line in (workdir / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
-        out[m["step"]] = {k: v for k, v in m.items() if not k.startswith("time/") and k != "ppo/episodes_per_s"}
+        out[m["step"]] = {k: v for k, v in m.items() if not k.startswith("time/") and k != "rl/episodes_per_s"}
     return out
 
 

@@ -60,11 +60,16 @@ def load_hf_dataset(name: str, config: str | None, split: str) -> list[Record]:
     return [normalise_gsm8k(row, f"{split}-{i}", f"{name}[{split}][{i}]") for i, row in enumerate(ds)]
 
 
+def question_key(question: str) -> str:
+    """What makes two questions the same for dedupe and leakage checks: case and spacing ignored."""
+    return " ".join(question.lower().split())
+
+
 def dedupe(records: Iterable[Record]) -> tuple[list[Record], int]:
     seen: set[str] = set()
     out, dropped = [], 0
     for r in records:
-        key = " ".join(r.question.lower().split())
+        key = question_key(r.question)
         if key in seen:
             dropped += 1
             continue

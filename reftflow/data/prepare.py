@@ -5,13 +5,9 @@ from __future__ import annotations
 import random
 
 from reftflow.config import DataConfig
-from reftflow.data.formats import dedupe, load_gsm8k_jsonl, load_hf_dataset
+from reftflow.data.formats import dedupe, load_gsm8k_jsonl, load_hf_dataset, question_key
 from reftflow.data.records import DataError, Record
 from reftflow.data.synthetic import generate
-
-
-def _norm(q: str) -> str:
-    return " ".join(q.lower().split())
 
 
 def _load(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record] | None]:
@@ -39,8 +35,8 @@ def build_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record]
     else:
         val, dup_val = dedupe(val)
         val = val[: cfg.num_val]
-    val_questions = {_norm(r.question) for r in val}
-    train = [r for r in pool if _norm(r.question) not in val_questions]
+    val_questions = {question_key(r.question) for r in val}
+    train = [r for r in pool if question_key(r.question) not in val_questions]
     leaked = len(pool) - len(train)
     train = train[: cfg.num_train]
     if not train:

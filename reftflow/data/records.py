@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from reftflow.errors import InputError
 from reftflow.io import atomic_write_text
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad input data: the message is one line naming the file and line."""
 
 

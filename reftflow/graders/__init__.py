@@ -11,17 +11,10 @@ Importing this package starts nothing: sandbox workers start on the first sandbo
 
 from __future__ import annotations
 
+from reftflow.config import DEFAULT_GRADER
 from reftflow.graders.base import GradeResult, Grader, GraderConfigError
 from reftflow.graders.reward_fn import as_reward_function
 from reftflow.graders.spec import build_grader, load_grader_spec
-
-DEFAULT_GRADER: dict = {
-    "type": "numeric_answer",
-    "name": "final_answer",
-    "input": "{{ sample.output_text }}",
-    "reference": "{{ item.answer }}",
-    "extraction": "gsm8k",
-}
 
 __all__ = [
     "DEFAULT_GRADER",

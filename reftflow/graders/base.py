@@ -1,6 +1,6 @@
 """The grader contract: a `Grader` maps (output text, item) to a `GradeResult` with a score in [0, 1].
 
-Failure isolation (issue 3): a grader that raises, times out or returns a non-number or a value outside
+Failure isolation: a grader that raises, times out or returns a non-number or a value outside
 [0, 1] gives that sample 0 with the error recorded; the batch goes on. Only config errors raise.
 """
 
@@ -11,8 +11,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from reftflow.errors import InputError
 
-class GraderConfigError(ValueError):
+
+FULL_MARKS = 1.0 - 1e-9
+"""A score at or above this is full marks: the grader fully accepts the answer (the pass rate counts
+these; RAFT keeps only these). Below 1.0 by float noise only, as `checked_score` rounds."""
+
+
+class GraderConfigError(InputError):
     """A wrong grader object: the message is one line saying what and where."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from reftflow.graders.base import Grader
+from reftflow.graders.base import FULL_MARKS, Grader
 
 _NOT_COLUMNS = frozenset({"trainer_state", "log_extra", "log_metric", "completion_ids", "environments"})
 
@@ -45,6 +45,7 @@ def as_reward_function(grader: Grader, name: str | None = None) -> Callable[...,
         if callable(log_metric) and n:
             errors = sum(r.error is not None for r in results)
             log_metric(f"{reward.__name__}/error_rate", errors / n)
+            log_metric(f"{reward.__name__}/accuracy", sum(r.score >= FULL_MARKS for r in results) / n)
         return [r.score for r in results]
 
     reward.__name__ = reward.__qualname__ = name or grader.name

@@ -222,6 +222,12 @@ def describe(e):
 
 
 def main():
+    """Serve grading requests on the protocol descriptors until stdin closes or a limit is near.
+
+    One long function on purpose: the protocol descriptors, `send` and the request loop live in its
+    locals, bound before the audit hook is installed, not in module globals that grader code could
+    reach through `sys.modules["__main__"]`.
+    """
     # the protocol gets private descriptors; 0, 1 and 2 become /dev/null so print() and os.write(1) go nowhere
     proto_in, proto_out = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)

@@ -58,13 +58,12 @@ def load_grader_spec(spec: dict | str | Path, base_dir: Path | None = None) -> d
     else:
         import yaml
 
+        from reftflow.config import parse_yaml, yaml_error
+
         try:
-            data = yaml.safe_load(text)
+            data = parse_yaml(text)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise GraderConfigError(f"grader file {path}{where}: invalid YAML ({problem})") from None
+            raise GraderConfigError(f"grader file {path}{yaml_error(e)}") from None
     if not isinstance(data, dict):
         raise GraderConfigError(f"grader file {path}: expected a grader object (a mapping), got {type(data).__name__}")
     return data

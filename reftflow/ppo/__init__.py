@@ -1,3 +1,4 @@
-"""ReFT-style PPO: `core` (pure math), `value_head` (policy + value on one backbone),
-`rollout` (KV-cache sampling, greedy decoding), `trainer` (the accelerate loop, checkpoints, guards).
+"""ReFT-style PPO: `core` (pure math), `value_head` (policy + value on one backbone), `trainer` (the
+accelerate loop, checkpoints, guards). Sampling lives in `reftflow.generation`, the scoring forwards in
+`reftflow.forward`.
 """

@@ -17,6 +17,8 @@ __all__ = [
     "masked_whiten",
     "compute_gae",
     "group_advantages",
+    "compute_advantages",
+    "ADVANTAGE_ESTIMATORS",
     "kl_penalty",
     "shape_rewards",
     "policy_loss",
@@ -120,6 +122,57 @@ def group_advantages(
     else:
         raise ValueError(f"unknown group estimator {estimator!r} (expected grpo or rloo)")
     return adv.reshape(-1, 1) * mask.to(returns.dtype)
+
+
+ADVANTAGE_ESTIMATORS = ("gae", "grpo", "rloo")
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    values: torch.Tensor | None,
+    mask: torch.Tensor,
+    estimator: str = "gae",
+    group_size: int = 1,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    whiten: bool = True,
+    negative_scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token advantages and returns for PPO's update, by estimator (verl's `adv_estimator` choice).
+
+    gae: the critic's GAE (`compute_gae`), then whitened over the batch when `whiten` (TRL's PPO and
+        verl whiten GAE advantages: the critic's scale drifts as it learns).
+    grpo / rloo: each sequence's return (score + summed KL penalty) against the other samples of its
+        question (`group_advantages`); `values` is not used. These are never whitened again: the
+        group baseline already centres them (and grpo divides by the group's std), and a second,
+        batch-wide whitening would only mix one question's scale into another's.
+    Then negative advantages are multiplied by `negative_scale` (1: plain PPO; below 1 pushes wrong
+    answers down less than it pulls right ones up).
+
+    Args:
+        rewards: (bs, T) token rewards (`shape_rewards`).
+        values: (bs, T) old values (gae only; may be None for the group estimators).
+        mask: (bs, T) response mask.
+        group_size: K samples per question, rows in runs of K (group estimators).
+
+    Returns:
+        (advantages, returns), both (bs, T) and 0 where mask is 0. For the group estimators the returns are
+        the reward-to-go (gamma 1), a metric only: nothing regresses on them.
+    """
+    if estimator == "gae":
+        if values is None:
+            raise ValueError("the gae estimator needs values")
+        advantages, returns = compute_gae(rewards, values * mask, mask, gamma, lam)
+        if whiten:
+            advantages = masked_whiten(advantages, mask)
+    elif estimator in ("grpo", "rloo"):
+        advantages = group_advantages(rewards.sum(1), mask, group_size, estimator)
+        returns = rewards.flip(1).cumsum(1).flip(1) * mask
+    else:
+        raise ValueError(f"unknown advantage estimator {estimator!r} (expected one of {ADVANTAGE_ESTIMATORS})")
+    if negative_scale != 1.0:
+        advantages = torch.where(advantages < 0, advantages * negative_scale, advantages)
+    return advantages, returns
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1") -> torch.Tensor:

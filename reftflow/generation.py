@@ -1,4 +1,5 @@
-"""Batched sampling with a KV cache, and the greedy decoding the evaluate stage reuses.
+"""Decoding: batched sampling with a KV cache (PPO, RAFT) and greedy completion (evaluation, the
+registered model, benchmarks). The one place that turns prompts into responses.
 
 Prompts are tokenised once (by the caller) and left-padded here to a multiple of `pad_multiple`
 so that only a few distinct shapes reach the model; responses stop at EOS and come back padded to
@@ -6,10 +7,11 @@ so that only a few distinct shapes reach the model; responses stop at EOS and co
 once, from the masked tokens.
 
 `sample` is our own decoding loop rather than `generate`: each step already computes the hidden
-state and the logits the token is drawn from, so it keeps the token's log-prob and (given a
-`PolicyWithValue`) the value of that state. PPO's "old policy" forward then costs nothing — the
-same saving TRL's PPO loop made with `generate`'s scores (`forward` with a KV cache computes the
-same function as a full pass, to float rounding; tests/test_ppo_rollout.py checks it).
+state and the logits the token is drawn from, so it keeps the token's log-prob and (given a model
+with a `value(hidden)` head, such as `PolicyWithValue`) the value of that state. PPO's "old
+policy" forward then costs nothing — the same saving TRL's PPO loop made with `generate`'s scores
+(`forward` with a KV cache computes the same function as a full pass, to float rounding;
+tests/test_generation.py checks it).
 """
 
 from __future__ import annotations
@@ -51,10 +53,22 @@ class Rollout:
         return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
 
 
-def unwrap_lm(model):
-    """The HF causal LM inside a DDP wrapper and/or a PolicyWithValue."""
-    model = getattr(model, "module", model)
-    return getattr(model, "policy", model)
+class LMHeads:
+    """A plain Hugging Face causal LM seen through the sampler's interface: `backbone` and
+    `logits(hidden)`; it has no value head (`value` is None)."""
+
+    value = None
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.backbone = lm.base_model
+        self.logits = lm.get_output_embeddings()
+
+
+def decodable(model):
+    """`model` itself when it has the sampler's interface (`backbone`, `logits`, `value`), else an
+    `LMHeads` view of a plain causal LM."""
+    return model if hasattr(model, "value") and hasattr(model, "backbone") else LMHeads(model)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,23 +130,21 @@ def sample(
 
     Pure ancestral sampling (top_k=0, top_p=1) at `temperature`, with the KV cache, stopping when
     every row has emitted EOS. Randomness comes from torch's global generator: seed it first.
-    Returns the tokens' log-probs too, and their values when `model` is a PolicyWithValue (or a
-    DDP wrapper of one).
+    `model` is a plain causal LM or anything with `backbone`, `logits(hidden)` and `value(hidden)`
+    (a `PolicyWithValue`; unwrap DDP first). Returns the tokens' log-probs too, and their values
+    when the model has a value head.
     """
-    from reftflow.ppo.value_head import backbone_call, output_cache, position_ids_from_mask, shared_prefill
+    from reftflow.forward import backbone_call, output_cache, position_ids_from_mask, shared_prefill
 
-    wrapped = getattr(model, "module", model)
-    lm = unwrap_lm(model)
-    value_head = getattr(wrapped, "value_head", None)
-    head = lm.get_output_embeddings()
-    device = next(lm.parameters()).device
+    heads = decodable(model)
+    backbone, value_fn = heads.backbone, heads.value
+    device = next(backbone.parameters()).device
     ids, mask = left_pad(prompt_tokens, tokenizer.pad_token_id, pad_multiple)
     ids, mask = ids.to(device), mask.to(device)
     bs = ids.shape[0]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     positions = position_ids_from_mask(mask)
     next_pos = positions[:, -1:] + 1
-    backbone = lm.base_model
     g = max(1, group_size)
     if bs % g or any(prompt_tokens[i] != prompt_tokens[i - i % g] for i in range(bs)):
         raise ValueError(f"group_size={g}: prompts must come in runs of {g} identical copies")
@@ -140,15 +152,14 @@ def sample(
     done = torch.zeros(bs, dtype=torch.bool, device=device)
     tokens, logps, values = [], [], []
     for _ in range(max_new_tokens):
-        logp_all = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+        logp_all = torch.log_softmax(heads.logits(hidden).float() / temperature, dim=-1)
         tok = torch.multinomial(logp_all.exp(), 1).squeeze(1)
         live = ~done
         tok = torch.where(live, tok, torch.full_like(tok, pad))
         tokens.append(tok)
         logps.append(torch.where(live, logp_all.gather(1, tok.unsqueeze(1)).squeeze(1), 0.0))
-        if value_head is not None:
-            v = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()
-            values.append(torch.where(live, v, 0.0))
+        if value_fn is not None:
+            values.append(torch.where(live, value_fn(hidden), 0.0))
         if eos is not None:
             done = done | (tok == eos)
         if bool(done.all()) or len(tokens) == max_new_tokens:
@@ -159,29 +170,29 @@ def sample(
         hidden, cache = out.last_hidden_state[:, -1], output_cache(out)
         next_pos = next_pos + 1
 
-    def fixed_width(cols: list[torch.Tensor], fill) -> torch.Tensor:
-        # every step sees the same response width; trimmed() cuts it back to what was used
-        t = torch.stack(cols, dim=1).cpu()
-        if t.shape[1] < max_new_tokens:
-            t = torch.cat([t, torch.full((bs, max_new_tokens - t.shape[1]), fill, dtype=t.dtype)], dim=1)
-        return t
-
-    resp = fixed_width(tokens, pad)
+    resp = _fixed_width(tokens, max_new_tokens, pad)
     rmask = response_mask(resp, eos)
     texts = decode(tokenizer, resp, rmask)
-    return Rollout(ids.cpu(), (mask[:, :ids.shape[1]]).cpu(), resp, rmask, texts, fixed_width(logps, 0.0),
-                   fixed_width(values, 0.0) if value_head is not None else None)
+    return Rollout(ids.cpu(), (mask[:, :ids.shape[1]]).cpu(), resp, rmask, texts, _fixed_width(logps, max_new_tokens, 0.0),
+                   _fixed_width(values, max_new_tokens, 0.0) if value_fn is not None else None)
+
+
+def _fixed_width(cols: list[torch.Tensor], width: int, fill) -> torch.Tensor:
+    """Per-step (bs,) columns → (bs, width) on the CPU, padded with `fill`: every step sees the same
+    response width; `Rollout.trimmed` cuts it back to what was used."""
+    t = torch.stack(cols, dim=1).cpu()
+    if t.shape[1] < width:
+        t = torch.cat([t, torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype)], dim=1)
+    return t
 
 
 @torch.no_grad()
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy completions of `prompts` (texts), in their order; special tokens skipped.
-
-    Prompts are batched by length (longest first) to keep left padding short.
+def generate_greedy(lm, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy completions of `prompts` (texts) by a plain causal LM, in their order; special tokens
+    skipped. Prompts are batched by length (longest first) to keep left padding short.
     """
     if not prompts:
         return []
-    lm = unwrap_lm(model)
     was_training = lm.training
     lm.eval()
     device = next(lm.parameters()).device
