@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     set_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="ppo-speed-"))
-    policy = Path(args.policy) if args.policy else save_new_model(work / "sft", ModelConfig(), args.seed)
+    policy = Path(args.policy) if args.policy else work / "sft"
+    if not args.policy:
+        save_new_model(policy, ModelConfig(), args.seed)
     cfg = PPOConfig(steps=args.warmup + args.steps, questions_per_step=args.questions, samples_per_question=args.k,
                     minibatch_size=args.minibatch, ppo_epochs=args.epochs, max_new_tokens=args.max_new_tokens,
                     checkpoint_every=0)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     from reftflow.graders import build_grader
     from reftflow.modeling import load_model, set_threads
     from reftflow.generation import generate_greedy
-    from reftflow.prompting import item_dict, prompt_text
+    from reftflow.prompting import render_prompt
     from reftflow.sft import train_sft
 
     hf_logging.set_verbosity_error()
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         return [r.score for r in grader.grade_many(texts, items)]
 
     def greedy(lm, tok) -> float:
-        outs = generate_greedy(lm, tok, [prompt_text(r) for r in val], ppo_cfg.max_new_tokens, 100)
-        return sum(s >= 1.0 for s in grade(outs, [item_dict(r) for r in val])) / len(val)
+        outs = generate_greedy(lm, tok, [render_prompt(r, tok) for r in val], ppo_cfg.max_new_tokens, 100)
+        return sum(s >= 1.0 for s in grade(outs, [r.item for r in val])) / len(val)
 
     def record(**fields) -> dict:
         row = {"mode": args.mode, "name": args.name, "warm": args.warm, "data_seed": args.data_seed,
@@ -142,20 +142,20 @@ def main(argv: list[str] | None = None) -> dict:
         model, tok = load_model(warm)
         model.eval()
         torch.manual_seed(args.seed)
-        tokens = tok([prompt_text(r) for r in train])["input_ids"]
+        tokens = tok([render_prompt(r, tok) for r in train])["input_ids"]
         K, t0, correct, solved, extra = 4, time.perf_counter(), 0, 0, []
         for start in range(0, len(train), 32):
             idx = range(start, min(start + 32, len(train)))
             ro = rollout.sample(model, tok, [tokens[i] for i in idx for _ in range(K)], ppo_cfg.max_new_tokens,
                                 1.0, group_size=K)
-            scores = grade(ro.texts, [item_dict(train[i]) for i in idx for _ in range(K)])
+            scores = grade(ro.texts, [train[i].item for i in idx for _ in range(K)])
             for j, i in enumerate(idx):
                 good = [ro.texts[j * K + k] for k in range(K) if scores[j * K + k] >= 1.0]
                 correct, solved = correct + len(good), solved + bool(good)
-                if good and not train[i].reasoning:
-                    extra.append(dataclasses.replace(train[i], reasoning=good[0].split("####")[0].strip()))
+                if good and not train[i].completion:
+                    extra.append(dataclasses.replace(train[i], completion=good[0]))
         sample_s = time.perf_counter() - t0
-        worked = [r for r in train if r.reasoning]
+        worked = [r for r in train if r.completion]
         s = train_sft(worked + extra, model_cfg, sft_cfg, out_dir, seed=args.seed, init_from=warm,
                       time_limit_s=args.seconds)
         return record(sample_accuracy=correct / (K * len(train)), pass_at_4=solved / len(train), added=len(extra),

@@ -39,15 +39,25 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Literal["synthetic", "jsonl", "hf"] = "synthetic"
-    """synthetic: the built-in word problems; jsonl: GSM8K-style file(s); hf: a Hugging Face dataset."""
+    source: Literal["synthetic", "file", "jsonl", "hf"] = "synthetic"
+    """synthetic: the built-in word problems; file: data file(s) in `format` (`jsonl` is the older
+    name of the same); hf: a Hugging Face dataset (local or cached unless HF_HUB_OFFLINE is unset)."""
     path: str | None = None
-    """jsonl source: a GSM8K-style JSONL file (`question`, `answer` ending in `#### N`)."""
+    """file source: the training items (docs/data.md has the formats)."""
     val_path: str | None = None
-    """jsonl source: an optional separate validation file; otherwise val is split off `path`."""
+    """file source: an optional separate validation file; otherwise val is split off `path`."""
+    sft_path: str | None = None
+    """an optional OpenAI chat SFT JSONL (messages ending with an assistant reply): extra worked
+    examples for the warm-up only."""
+    format: Literal["auto", "openai", "reft", "gsm8k"] = "auto"
+    """the items' format; auto detects it from the content."""
+    prompt_template: str = "Q: {{ item.question }}\nA:"
+    """the prompt of an item without `messages`: `{{ item.<field> }}` references to its fields."""
     hf_name: str | None = None
     hf_config: str | None = None
     hf_split: str = "train"
+    hf_columns: dict[str, str] = Field(default_factory=dict)
+    """hf source: renames of dataset columns to the field names the format expects (e.g. {problem: question})."""
     num_train: int = Field(2000, ge=1)
     """synthetic: number of training questions generated (also a cap for other sources)."""
     num_val: int = Field(200, ge=1)
@@ -56,15 +66,16 @@ class DataConfig(_Section):
     max_ops: int = Field(2, ge=1, le=3)
     max_operand: int = Field(10, ge=2)
     worked_fraction: float = Field(0.25, ge=0.0, le=1.0)
-    """fraction of training items that keep their worked solution; the rest are answer-only
-    (the realistic RFT case: SFT can only learn from worked items, RL from all of them)."""
+    """synthetic only: fraction of training items that keep their worked solution; the rest are
+    answer-only (the realistic RFT case: SFT can only learn from worked items, RL from all of them).
+    Real data keeps every worked solution it has."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.min_ops > self.max_ops:
             raise ValueError("min_ops must be <= max_ops")
-        if self.source == "jsonl" and not self.path:
-            raise ValueError("source 'jsonl' needs data.path")
+        if self.source in ("file", "jsonl") and not self.path:
+            raise ValueError(f"source '{self.source}' needs data.path")
         if self.source == "hf" and not self.hf_name:
             raise ValueError("source 'hf' needs data.hf_name")
         return self
@@ -98,8 +109,9 @@ class SFTConfig(_Section):
 class RAFTConfig(_Section):
     """`ppo.algorithm: raft` only (reftflow/raft.py)."""
 
-    lr: float = Field(1e-4, gt=0, le=1)
-    """AdamW learning rate of the fine-tuning on accepted samples (SFT-like: far above PPO's)."""
+    lr: float = Field(3e-5, gt=0, le=1)
+    """AdamW learning rate of the fine-tuning on accepted samples. As for PPO, Adam moves every
+    parameter by about lr per update whatever the gradient: 1e-4 drifts a sharp warm-up away."""
     max_per_question: int = Field(1, ge=1)
     """distinct fully accepted samples kept per question and step."""
 
@@ -149,6 +161,10 @@ class PPOConfig(_Section):
     """save a resumable checkpoint every N steps (0: never)."""
     max_kl: float = Field(0.0, ge=0)
     """stop early when the mean per-sequence KL to the reference exceeds this (0: no bound)."""
+    eval_interval: int = Field(25, ge=0)
+    """every N RL steps, greedy decoding of `eval_samples` held-out items gives `valid_reward_mean` and
+    `valid_pass_rate`: the validation curve while RL trains (0: never)."""
+    eval_samples: int = Field(50, ge=1)
     raft: RAFTConfig = RAFTConfig()
 
     @model_validator(mode="after")
@@ -174,6 +190,9 @@ class GateConfig(_Section):
     """minimum held-out accuracy gain of PPO over its SFT warm-up (may be negative to allow a small loss)."""
     min_score: float = Field(0.0, ge=0, le=1)
     """minimum mean grader score of the PPO model."""
+    max_grader_error_rate: float = Field(0.05, ge=0, le=1)
+    """the most of the PPO model's held-out answers the grader may fail on (raise, time out, return
+    garbage): those score 0, so past this the evaluation measures the grader, not the model."""
     registered_model_name: str = "reftflow-policy"
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from reftflow.data.records import Record
 from reftflow.graders.base import FULL_MARKS
-from reftflow.prompting import item_dict, prompt_text
+from reftflow.prompting import render_prompt
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
     rows: list[dict]
-    """per-sample predictions: id, question, reference answer, output, score, error."""
+    """per-sample predictions: model, id, the prompt as the model saw it, output, score, sub-scores, error."""
 
 
 def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new_tokens: int, batch_size: int,
@@ -24,13 +24,13 @@ def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new
     from reftflow.generation import generate_greedy
 
     model, tok = load_model(model_dir)
-    outputs = generate_greedy(model, tok, [prompt_text(r) for r in records], max_new_tokens, batch_size)
-    items = [item_dict(r) for r in records]
-    results = grader.grade_many(outputs, items)
+    prompts = [render_prompt(r, tok) for r in records]
+    outputs = generate_greedy(model, tok, prompts, max_new_tokens, batch_size)
+    results = grader.grade_many(outputs, [r.item for r in records])
     rows = [
-        {"model": label, "id": r.id, "question": r.question, "reference": r.answer, "output": out,
-         "score": res.score, "error": res.error}
-        for r, out, res in zip(records, outputs, results)
+        {"model": label, "id": r.id, "prompt": prompt, "output": out, "score": res.score,
+         "sub_scores": res.sub_scores, "error": res.error}
+        for r, prompt, out, res in zip(records, prompts, outputs, results)
     ]
     n = max(len(rows), 1)
     metrics = {

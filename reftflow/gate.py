@@ -14,15 +14,21 @@ class Rule:
     value: float
     threshold: float
     passed: bool
+    at_most: bool = False
+    """the value must stay at or below the threshold (an error rate), not reach it."""
 
     @property
     def margin(self) -> float:
-        """How far above (+) or below (-) the threshold the value is."""
-        return self.value - self.threshold
+        """How far on the passing (+) or failing (-) side of the threshold the value is."""
+        return self.threshold - self.value if self.at_most else self.value - self.threshold
 
 
 def _rule(name: str, description: str, value: float, threshold: float) -> Rule:
     return Rule(name, description, value, threshold, value >= threshold - 1e-12)
+
+
+def _ceiling(name: str, description: str, value: float, threshold: float) -> Rule:
+    return Rule(name, description, value, threshold, value <= threshold + 1e-12, at_most=True)
 
 
 def decide(eval_metrics: dict, cfg: GateConfig, champion_accuracy: float | None = None) -> dict:
@@ -30,18 +36,21 @@ def decide(eval_metrics: dict, cfg: GateConfig, champion_accuracy: float | None 
     same val set (None when there is no comparable champion: the rule is then skipped)."""
     ppo, gain = eval_metrics["ppo"], eval_metrics["gain"]
     rules = [
-        _rule("min_accuracy", "PPO held-out accuracy", ppo["accuracy"], cfg.min_accuracy),
-        _rule("min_gain", "PPO accuracy gain over its SFT warm-up", gain["accuracy"], cfg.min_gain),
-        _rule("min_score", "PPO mean grader score", ppo["mean_score"], cfg.min_score),
+        _rule("min_accuracy", "RL model's held-out accuracy", ppo["accuracy"], cfg.min_accuracy),
+        _rule("min_gain", "RL accuracy gain over its SFT warm-up", gain["accuracy"], cfg.min_gain),
+        _rule("min_score", "RL model's mean grader score", ppo["mean_score"], cfg.min_score),
+        # a grader that failed on many answers scored them 0: the other figures then measure the grader
+        _ceiling("max_grader_error_rate", "share of the RL model's held-out answers the grader failed on",
+                 ppo.get("grader_errors", 0.0) / max(ppo.get("samples", 1.0), 1.0), cfg.max_grader_error_rate),
     ]
     if champion_accuracy is not None:
-        rules.append(_rule("no_regression", "PPO accuracy vs the current champion", ppo["accuracy"],
+        rules.append(_rule("no_regression", "RL accuracy vs the current champion", ppo["accuracy"],
                            champion_accuracy))
     passed = all(r.passed for r in rules)
     return {
         "decision": "pass" if passed else "fail",
         "passed": passed,
-        "rules": [{**asdict(r), "margin": r.margin} for r in rules],
+        "rules": [{**{k: v for k, v in asdict(r).items() if k != "at_most"}, "margin": r.margin} for r in rules],
     }
 
 

@@ -12,6 +12,7 @@ our PPO's, and a caller that stops iterating stops training at that boundary.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -20,7 +21,8 @@ from typing import Iterator
 
 from reftflow.config import PPOConfig
 from reftflow.data.records import Record
-from reftflow.prompting import item_dict, prompt_text
+from reftflow.graders.reward_fn import ITEM_COLUMN
+from reftflow.prompting import render_prompt
 
 
 def grpo_sizes(cfg: PPOConfig) -> dict[str, int]:
@@ -75,8 +77,8 @@ class GRPOAlgorithm:
         model, self.tokenizer = load_model(policy_path)
         sizes = grpo_sizes(cfg)
         self.per_rl_step = sizes["optimizer_steps_per_rl_step"]
-        rows = [{"prompt": prompt_text(r), **{k: v if v is not None else "" for k, v in item_dict(r).items()}}
-                for r in records]
+        # the item travels as one JSON column: a dataset cannot hold items whose fields differ in type
+        rows = [{"prompt": render_prompt(r, self.tokenizer), ITEM_COLUMN: json.dumps(r.item)} for r in records]
         self._work = tempfile.TemporaryDirectory(prefix="reftflow-grpo-")
         args = GRPOConfig(
             output_dir=self._work.name,

@@ -94,11 +94,13 @@ def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
         tokenizer.save_pretrained(str(tmp))
 
 
-def save_new_model(path: str | Path, cfg: ModelConfig, seed: int = 0) -> Path:
-    """A freshly initialised model + tokenizer from `cfg`, saved as a normal HF dir (a starting policy
-    for tests and benchmarks that need no warm-up)."""
+def save_new_model(path: str | Path, cfg: ModelConfig, seed: int = 0):
+    """The base model of `cfg` (the tiny default built from its config, or `cfg.name_or_path`) saved
+    untrained as a normal HF dir, atomically; returns the model."""
+    from reftflow.io import atomic_dir
+
     model, tok = init_model(cfg, seed)
-    path = Path(path)
-    model.save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+    return model

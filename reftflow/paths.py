@@ -6,6 +6,8 @@ PARAMS = Path("params.yaml")
 PREPARED = Path("data/prepared")
 TRAIN = PREPARED / "train.jsonl"
 VAL = PREPARED / "val.jsonl"
+SFT_DATA = PREPARED / "sft.jsonl"
+"""the extra worked examples of `data.sft_path` (empty when there is none)."""
 SFT_MODEL = Path("models/sft")
 PPO_MODEL = Path("models/ppo")
 METRICS = Path("metrics")

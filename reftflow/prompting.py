@@ -1,25 +1,51 @@
-"""The prompt/completion text format shared by SFT, RL, evaluation and the registered model.
+"""How a record becomes the text the model sees: the one place prompts are built, for SFT, RL,
+evaluation and the registered model.
 
-Every prompt is built by `prompt_text`: the one place a chat template will plug in.
+A record's prompt is its chat `messages` or its `prompt` text (see `Record`). Messages go through the
+tokenizer's chat template when it has one, keeping system and developer turns; a tokenizer without
+one (the built-in character model) gets a plain `role: content` rendering.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from reftflow.data.records import Record
 
+DEFAULT_PROMPT_TEMPLATE = "Q: {{ item.question }}\nA:"
+"""`data.prompt_template`'s default: the arithmetic example's and GSM8K's prompt."""
 
-def prompt_text(record: Record) -> str:
+
+def apply_template(template: str, item: dict[str, Any]) -> str:
+    """`template` with each `{{ item.<path> }}` replaced by that field of `item` (the graders' syntax).
+
+    Raises `reftflow.templates.MissingField` naming the missing field, and TemplateSyntaxError for a
+    reference other than `item.<path>`."""
+    from reftflow.templates import Template
+
+    return Template(template).render("", item)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's content as text (OpenAI content parts `[{"type": "text", "text": ...}]` joined)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def render_messages(messages: list[dict[str, Any]], tokenizer=None) -> str:
+    """A chat prompt as text, ending where the assistant's answer starts."""
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        turns = [{"role": m["role"], "content": message_text(m)} for m in messages]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {message_text(m)}\n" for m in messages) + "assistant:"
+
+
+def render_prompt(record: Record, tokenizer=None) -> str:
     """What the model sees before it answers `record`."""
-    return f"Q: {record.question}\nA:"
-
-
-def completion_text(record: Record) -> str:
-    """What SFT imitates: the worked steps, then `#### N` (the grader's gsm8k extraction)."""
-    if record.reasoning:
-        return f" {record.reasoning} #### {record.answer}"
-    return f" #### {record.answer}"
-
-
-def item_dict(record: Record) -> dict:
-    """The `item` a grader template sees: every record field."""
-    return {"id": record.id, "question": record.question, "answer": record.answer, "reasoning": record.reasoning}
+    if record.messages is not None:
+        return render_messages(record.messages, tokenizer)
+    if record.prompt is not None:
+        return record.prompt
+    return apply_template(DEFAULT_PROMPT_TEMPLATE, record.item)

@@ -26,7 +26,7 @@ from reftflow.forward import response_logprobs
 from reftflow.graders.base import FULL_MARKS
 from reftflow.modeling import load_model, set_threads
 from reftflow.ppo.core import masked_mean
-from reftflow.prompting import item_dict, prompt_text
+from reftflow.prompting import render_prompt
 from reftflow.rl import TrainingDiverged, checkpoint
 from reftflow.rl.rewards import grade, reward_metrics
 from reftflow.rl.schedule import QuestionSchedule, mix
@@ -73,8 +73,8 @@ class RAFTTrainer:
         self.model.eval()  # no dropout: the samples and their fine-tuning see the same function
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-        self._prompt_tokens = self.tokenizer([prompt_text(r) for r in self.records])["input_ids"]
-        self._items = [item_dict(r) for r in self.records]
+        self._prompt_tokens = self.tokenizer([render_prompt(r, self.tokenizer) for r in self.records])["input_ids"]
+        self._items = [r.item for r in self.records]
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.raft.lr, weight_decay=cfg.weight_decay)
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=0,
                                        num_training_steps=cfg.steps)

@@ -12,12 +12,13 @@ from typing import Callable
 
 from reftflow.config import ModelConfig, SFTConfig
 from reftflow.data.records import Record
-from reftflow.prompting import completion_text, prompt_text
+from reftflow.prompting import render_prompt
 
 
-def sft_examples(records: list[Record]) -> list[dict[str, str]]:
-    """TRL's prompt-completion format; only items with a worked solution."""
-    return [{"prompt": prompt_text(r), "completion": completion_text(r)} for r in records if r.reasoning]
+def sft_examples(records: list[Record], tokenizer=None) -> list[dict[str, str]]:
+    """TRL's prompt-completion format (prompts rendered as everywhere else); only items with a
+    reference completion."""
+    return [{"prompt": render_prompt(r, tokenizer), "completion": r.completion} for r in records if r.completion]
 
 
 def train_sft(
@@ -46,10 +47,10 @@ def train_sft(
 
     from reftflow.modeling import count_parameters, init_model, load_model, save_trained
 
-    examples = sft_examples(records)
-    if not examples:
-        raise ValueError("no training item has a worked solution: SFT needs at least one (data.worked_fraction)")
     model, tokenizer = load_model(init_from) if init_from else init_model(model_cfg, seed)
+    examples = sft_examples(records, tokenizer)
+    if not examples:
+        raise ValueError("no training item has a reference completion: nothing for SFT to imitate")
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
     started: list[float] = []
 

@@ -243,22 +243,23 @@ def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
     return info
 
 
-def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias: str = "champion",
+def register_champion(logger: RunLogger, model_dir: str | Path, name: str, example, alias: str = "champion",
                       tags: Mapping[str, Any] | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
     """Log the model as an MLflow transformers model in `logger`'s run, register it and alias it.
+    `example` (a Record) becomes the model's input example, its prompt rendered as in training.
 
     An in-memory pipeline is logged (logging a local dir fails with transformers 5.24 in MLflow's
-    flavor config: `'str' object has no attribute '__name__'`) with explicit pip requirements (else MLflow demands torchvision and runs a slow
-    inference subprocess). Needs HF_HUB_OFFLINE=1 to avoid 48 s of hub retries.
+    flavor config: `'str' object has no attribute '__name__'`) with explicit pip requirements (else
+    MLflow demands torchvision and runs a slow inference subprocess). Needs HF_HUB_OFFLINE=1 to avoid
+    48 s of hub retries.
     """
     import importlib.metadata as md
 
     import mlflow
     from transformers import pipeline
 
-    from reftflow.data.records import Record
     from reftflow.modeling import load_model
-    from reftflow.prompting import prompt_text
+    from reftflow.prompting import render_prompt
 
     model, tok = load_model(model_dir)
     pipe = pipeline("text-generation", model=model, tokenizer=tok)
@@ -266,7 +267,7 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, alias
     with mlflow.start_run(run_id=logger.run_id):
         info = mlflow.transformers.log_model(
             transformers_model=pipe, name="policy", task="text-generation", pip_requirements=reqs,
-            input_example=prompt_text(Record("example", "Ann has 3 pens. She gets 2 more. How many pens now?", "5")),
+            input_example=render_prompt(example, tok),
             model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
         )
     mv = mlflow.register_model(info.model_uri, name)

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: greedy held-out accuracy and mean grader score of the SFT and PPO models."""
+"""Stage `evaluate`: greedy held-out accuracy and mean grader score of the SFT model and the RL one
+(models/ppo, whichever `ppo.algorithm` trained it; its metrics go under `ppo`, the stage's name)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ from reftflow.stage import main
 
 
 def run(params: Params, _args) -> None:
-    from reftflow.data.records import read_records, write_jsonl
+    from reftflow.data.records import common_fields, read_records, write_jsonl
     from reftflow.evaluation import evaluate_model
     from reftflow.graders import build_grader
     from reftflow.io import write_json
     from reftflow.modeling import set_threads
-    from reftflow.prompting import item_dict
     from reftflow.tracking import stage_run
 
     cfg = params.evaluate
@@ -21,7 +21,7 @@ def run(params: Params, _args) -> None:
     val = read_records(paths.VAL)
     if cfg.max_samples:
         val = val[: cfg.max_samples]
-    grader = build_grader(params.grader, item_fields=set(item_dict(val[0])))
+    grader = build_grader(params.grader, item_fields=common_fields(val))
     with grader, stage_run("evaluate", {"evaluate": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.VAL, "val", context="evaluation")
         results = {label: evaluate_model(path, val, grader, cfg.max_new_tokens, cfg.batch_size, label)
@@ -41,7 +41,7 @@ def run(params: Params, _args) -> None:
             run_log.log_table([row for res in results.values() for row in res.rows[: cfg.num_logged_samples]],
                               "eval/samples.json")
     print(f"evaluate: SFT accuracy {report['sft']['accuracy']:.3f} (score {report['sft']['mean_score']:.3f}), "
-          f"PPO accuracy {report['ppo']['accuracy']:.3f} (score {report['ppo']['mean_score']:.3f})")
+          f"RL accuracy {report['ppo']['accuracy']:.3f} (score {report['ppo']['mean_score']:.3f})")
 
 
 if __name__ == "__main__":

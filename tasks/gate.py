@@ -1,4 +1,4 @@
-"""Stage `gate`: apply `gate.*` rules to metrics/eval.json; on pass, register the PPO model as `champion`."""
+"""Stage `gate`: apply `gate.*` rules to metrics/eval.json; on pass, register the RL model (models/ppo) as `champion`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from reftflow.stage import main
 
 
 def run(params: Params, _args) -> None:
+    from reftflow.data.records import read_records
     from reftflow.gate import decide, report_markdown
     from reftflow.io import atomic_write_text, write_json
     from reftflow.tracking import champion_info, file_md5, register_champion, stage_run
@@ -27,7 +28,8 @@ def run(params: Params, _args) -> None:
         run_log.log_metrics({"gate/passed": float(decision["passed"])})
         run_log.set_tags({"reftflow.gate.decision": decision["decision"]})
         if decision["passed"]:
-            registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name,
+            example = read_records(paths.VAL)[0]  # the model's input example in the registry
+            registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name, example,
                                            tags={"val_md5": val_md5, "accuracy": eval_metrics["ppo"]["accuracy"]},
                                            max_new_tokens=params.evaluate.max_new_tokens)
         decision["registered"] = registered

@@ -13,7 +13,8 @@ from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
 
-CURVE_KEYS = ["reward_mean", "accuracy", "kl", "ppo_value_loss", "entropy", "ppo_clipfrac", "raft_kept"]
+CURVE_KEYS = ["reward_mean", "valid_reward_mean", "accuracy", "kl", "ppo_value_loss", "entropy", "ppo_clipfrac",
+              "raft_kept"]
 """the panels of plots/rl_curves.png (an algorithm that does not report one skips it)."""
 
 
@@ -44,16 +45,34 @@ def curve_row(metrics: dict[str, float]) -> dict[str, float]:
                                              for k, v in metrics.items() if k != "step"}}
 
 
-def train(algo, steps: int, run_log) -> list[dict[str, float]]:
-    """The stage's loop: log every step's metrics, show a progress bar, return the curve."""
+def validate(algo, val, grader, cfg) -> dict[str, float]:
+    """Greedy answers of the policy being trained to the first `eval_samples` held-out items, graded."""
+    from reftflow.generation import generate_greedy
+    from reftflow.graders.base import FULL_MARKS
+    from reftflow.prompting import render_prompt
+
+    items = val[: cfg.eval_samples]
+    outputs = generate_greedy(algo.lm, algo.tokenizer, [render_prompt(r, algo.tokenizer) for r in items],
+                              cfg.max_new_tokens)
+    scores = [res.score for res in grader.grade_many(outputs, [r.item for r in items])]
+    return {"valid_reward_mean": sum(scores) / len(scores),
+            "valid_pass_rate": sum(s >= FULL_MARKS for s in scores) / len(scores)}
+
+
+def train(algo, cfg, val, grader, run_log) -> list[dict[str, float]]:
+    """The stage's loop: log every step's metrics (and the validation ones every `eval_interval`
+    steps), show a progress bar, return the curve."""
     from tqdm import tqdm
 
     from reftflow.distributed import is_main_process
 
     curve = []
-    with tqdm(total=steps, desc="rl", unit="step", disable=not is_main_process(), file=sys.stderr) as bar:
+    with tqdm(total=cfg.steps, desc="rl", unit="step", disable=not is_main_process(), file=sys.stderr) as bar:
         for metrics in algo.train():
-            run_log.log_metrics(metrics, step=int(metrics["step"]))
+            step = int(metrics["step"])
+            if cfg.eval_interval and val and (step % cfg.eval_interval == 0 or step == cfg.steps):
+                metrics = {**metrics, **validate(algo, val, grader, cfg)}
+            run_log.log_metrics(metrics, step=step)
             curve.append(curve_row(metrics))
             bar.set_postfix({k: f"{metrics[f'rl/{k}']:.3f}" for k in ("reward_mean", "kl") if f"rl/{k}" in metrics})
             bar.update(1)
@@ -63,24 +82,23 @@ def train(algo, steps: int, run_log) -> list[dict[str, float]]:
 def run(params: Params, args) -> None:
     if params.ppo.num_processes > 1 and "RANK" not in os.environ:
         raise SystemExit(relaunch(params.ppo.num_processes, args.params))
-    from reftflow.data.records import read_records
+    from reftflow.data.records import common_fields, read_records
     from reftflow.distributed import is_main_process
     from reftflow.graders import build_grader
     from reftflow.io import write_csv, write_json
-    from reftflow.prompting import item_dict
     from reftflow.rl import TrainingDiverged, build_algorithm
     from reftflow.tracking import stage_run
 
     cfg = params.ppo
     records = read_records(paths.TRAIN)
-    grader = build_grader(params.grader, item_fields=set(item_dict(records[0])))
+    grader = build_grader(params.grader, item_fields=common_fields(records))
     ckpt = checkpoint_dir(params)
     with grader, stage_run("ppo", {"seed": params.seed, "ppo": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
         algo = build_algorithm(cfg.algorithm, paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed,
                                checkpoint_dir=ckpt, torch_threads=params.model.torch_threads)
         try:
-            curve = train(algo, cfg.steps, run_log)
+            curve = train(algo, cfg, read_records(paths.VAL) if cfg.eval_interval else [], grader, run_log)
         except TrainingDiverged as e:
             # nothing reaches models/ppo, the stage fails, the flow stops before gate: nothing is promoted
             run_log.set_tags({"reftflow.ppo.stop_reason": f"diverged: {e}"})

@@ -1,10 +1,10 @@
-"""Stage `prepare`: build data/prepared/{train,val}.jsonl from `data.*` (DVC versions the outputs)."""
+"""Stage `prepare`: build data/prepared/{train,val,sft}.jsonl from `data.*` (DVC versions the outputs)."""
 
 from __future__ import annotations
 
 from reftflow import paths
 from reftflow.config import Params
-from reftflow.data.prepare import build_splits
+from reftflow.data.prepare import build_splits, sft_examples
 from reftflow.data.records import write_jsonl
 from reftflow.io import write_json
 from reftflow.stage import main
@@ -14,8 +14,11 @@ def run(params: Params, _args) -> None:
     from reftflow.tracking import stage_run
 
     train, val, report = build_splits(params.data, params.seed)
+    extra = sft_examples(params.data)  # read everything before writing anything
+    report["sft_file_items"] = len(extra)
     write_jsonl(paths.TRAIN, train)
     write_jsonl(paths.VAL, val)
+    write_jsonl(paths.SFT_DATA, extra)
     write_json(paths.PREPARE_METRICS, report)
     with stage_run("prepare", {"seed": params.seed, "data": params.data.model_dump()}) as run_log:
         run_log.log_metrics(report)
@@ -23,7 +26,8 @@ def run(params: Params, _args) -> None:
         run_log.log_dataset(paths.VAL, "val", context="evaluation")
         run_log.log_artifact(paths.PREPARE_METRICS, "reports")
     print(f"prepare: {report['train_items']} train ({report['train_worked']} worked, "
-          f"{report['train_answer_only']} answer-only), {report['val_items']} val")
+          f"{report['train_answer_only']} answer-only), {report['val_items']} val"
+          + (f", {len(extra)} extra SFT examples" if extra else ""))
 
 
 if __name__ == "__main__":

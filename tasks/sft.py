@@ -1,10 +1,17 @@
-"""Stage `sft`: warm the model up on worked solutions with TRL's SFTTrainer → models/sft/."""
+"""Stage `sft`: warm the model up on reference completions with TRL's SFTTrainer → models/sft/.
+
+With no reference completion at all (answer-only data, the usual case for hosted RFT on an instruct
+model) there is nothing to imitate: the base model passes through to models/sft unchanged, the run
+records that it did, and RL starts from the base model.
+"""
 
 from __future__ import annotations
 
 from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
+
+CURVE_FIELDS = ["step", "loss", "learning_rate", "grad_norm", "mean_token_accuracy"]
 
 
 def run(params: Params, _args) -> None:
@@ -15,22 +22,24 @@ def run(params: Params, _args) -> None:
     from reftflow.tracking import stage_run
 
     set_threads(params.model.torch_threads)
-    records = read_records(paths.TRAIN)
+    records = read_records(paths.TRAIN) + (read_records(paths.SFT_DATA) if paths.SFT_DATA.exists() else [])
     curve: list[dict[str, float]] = []
     section = {"seed": params.seed, "model": params.model.model_dump(), "sft": params.sft.model_dump()}
     with stage_run("sft", section) as run_log:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
+        if not any(r.completion for r in records):
+            pass_through(params, run_log)
+            return
 
         def on_log(step: int, metrics: dict[str, float]) -> None:
             if "loss" in metrics:  # periodic training logs; the final summary goes below
-                row = {"step": step, **{k: v for k, v in metrics.items() if k in ("loss", "learning_rate",
-                                                                                   "grad_norm", "mean_token_accuracy")}}
+                row = {"step": step, **{k: v for k, v in metrics.items() if k in CURVE_FIELDS[1:]}}
                 curve.append(row)
                 run_log.log_metrics({f"sft/{k}": v for k, v in row.items()}, step=step)
 
         summary = train_sft(records, params.model, params.sft, paths.SFT_MODEL, params.seed, on_log=on_log)
         run_log.log_metrics({f"sft/{k}": v for k, v in summary.items()})
-        write_csv(paths.SFT_LOSS, curve, ["step", "loss", "learning_rate", "grad_norm", "mean_token_accuracy"])
+        write_csv(paths.SFT_LOSS, curve, CURVE_FIELDS)
         write_json(paths.SFT_METRICS, summary)
         run_log.log_artifact(paths.SFT_LOSS, "plots")
         if curve:
@@ -41,6 +50,21 @@ def run(params: Params, _args) -> None:
         run_log.log_artifact(paths.SFT_MODEL, "model")
     print(f"sft: {int(summary['train_examples'])} worked examples, {int(summary['global_steps'])} steps, "
           f"final loss {curve[-1]['loss'] if curve else float('nan'):.3f}")
+
+
+def pass_through(params: Params, run_log) -> None:
+    """The base model as models/sft, untrained (no reference completions to imitate)."""
+    from reftflow.io import write_csv, write_json
+    from reftflow.modeling import count_parameters, save_new_model
+
+    model = save_new_model(paths.SFT_MODEL, params.model, params.seed)
+    summary = {"train_examples": 0.0, "global_steps": 0.0, "parameters": float(count_parameters(model)), "skipped": 1.0}
+    write_json(paths.SFT_METRICS, summary)
+    write_csv(paths.SFT_LOSS, [], CURVE_FIELDS)  # dvc.yaml declares the plot: an empty curve
+    run_log.set_tags({"reftflow.sft.skipped": "no reference completions: the base model passes through"})
+    run_log.log_metrics({f"sft/{k}": v for k, v in summary.items()})
+    print("sft: no reference completions in the data: the base model passes through to models/sft (RL starts "
+          "from it)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=
 
 def make_policy(path: str | Path, seed: int = 0, model_cfg: ModelConfig = TINY) -> Path:
     """A freshly initialised tiny model + char tokenizer as the stand-in "SFT" model."""
-    return save_new_model(path, model_cfg, seed)
+    save_new_model(path, model_cfg, seed)
+    return Path(path)
 
 
 class FunctionGrader(Grader):

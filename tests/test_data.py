@@ -1,4 +1,4 @@
-"""Synthetic generator, GSM8K loader, splits and answer extraction."""
+"""Synthetic generator, splits and answer extraction (the file formats: tests/test_formats.py)."""
 
 import json
 
@@ -6,7 +6,6 @@ import pytest
 
 from reftflow.answers import extract_answer, parse_number
 from reftflow.config import DataConfig
-from reftflow.data.formats import load_gsm8k_jsonl
 from reftflow.data.prepare import build_splits
 from reftflow.data.records import DataError
 from reftflow.data.synthetic import generate
@@ -15,13 +14,14 @@ from reftflow.data.synthetic import generate
 def _check_worked_solution(rec):
     """Replay the `a+b=c.` steps: each is correct and chains into the next, ending in the answer."""
     value = None
-    for step in rec.reasoning.split(". "):
+    for step in rec.item["reasoning"].split(". "):
         lhs, rhs = step.rstrip(".").split("=")
         a, op, b = next((lhs.partition(o) for o in "+-*" if o in lhs))
         assert value is None or int(a) == value
         value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
         assert value == int(rhs)
-    assert str(value) == rec.answer
+    assert str(value) == rec.item["answer"]
+    assert rec.completion == f" {rec.item['reasoning']} #### {value}"  # what SFT imitates
 
 
 def test_generator_is_deterministic_and_seed_dependent():
@@ -32,12 +32,12 @@ def test_generator_is_deterministic_and_seed_dependent():
 
 def test_generator_problems_are_correct_distinct_and_in_range():
     recs = generate(300, seed=0, min_ops=1, max_ops=3)
-    assert len({r.question for r in recs}) == 300
+    assert len({r.item["question"] for r in recs}) == 300
     for r in recs:
         _check_worked_solution(r)
-        n_ops = r.reasoning.count("=")
+        n_ops = r.item["reasoning"].count("=")
         assert 1 <= n_ops <= 3
-        assert int(r.answer) >= 0
+        assert int(r.item["answer"]) >= 0
 
 
 @pytest.mark.parametrize(
@@ -70,44 +70,30 @@ def test_default_tolerance_matches_float_noise_only():
     assert not Tolerance().match(7.0, 7.1)
 
 
-def test_gsm8k_loader_normalises(tmp_path):
-    p = tmp_path / "d.jsonl"
-    p.write_text(
-        json.dumps({"question": "Q1?", "answer": "He has 2*3=<<2*3=6>>6 apples.\n#### 6"}) + "\n\n"
-        + json.dumps({"question": "Q2?", "answer": "1,200"}) + "\n"
-    )
-    a, b = load_gsm8k_jsonl(p)
-    assert (a.answer, a.reasoning) == ("6", "He has 2*3=6 apples.")
-    assert (b.answer, b.reasoning) == ("1200", None)  # answer-only item
-
-
-@pytest.mark.parametrize(
-    "line, message",
-    [
-        ('{"question": "q"}', "d.jsonl:2: missing field 'answer'"),
-        ('{"question": "q", "answer": "no number here"}', "d.jsonl:2: field 'answer' has no final answer"),
-        ("{not json", "d.jsonl:2: invalid JSON"),
-        ("[1, 2]", "d.jsonl:2: expected a JSON object"),
-        ('{"question": "", "answer": "#### 1"}', "d.jsonl:2: field 'question' must be a non-empty string"),
-    ],
-)
-def test_gsm8k_loader_errors_name_file_and_line(tmp_path, line, message):
-    p = tmp_path / "d.jsonl"
-    p.write_text('{"question": "ok", "answer": "#### 1"}\n' + line + "\n")
-    with pytest.raises(DataError) as err:
-        load_gsm8k_jsonl(p)
-    assert message in str(err.value)
-    assert "\n" not in str(err.value)
-
-
 def test_splits_are_seeded_disjoint_and_honour_worked_fraction():
     cfg = DataConfig(num_train=200, num_val=50, worked_fraction=0.25)
     train, val, report = build_splits(cfg, seed=3)
     train2, val2, _ = build_splits(cfg, seed=3)
     assert (train, val) == (train2, val2)
-    assert not {r.question for r in train} & {r.question for r in val}
+    assert not {r.item["question"] for r in train} & {r.item["question"] for r in val}
     assert report["train_worked"] == 50 and report["train_answer_only"] == 150
-    assert all(r.reasoning for r in val)  # val keeps references for inspection
+    answer_only = [r for r in train if r.completion is None]
+    assert all(r.item["reasoning"] is None for r in answer_only)  # graders cannot see a dropped solution either
+    assert all(r.completion for r in val)  # val keeps references for inspection
+    assert all(r.prompt == f"Q: {r.item['question']}\nA:" for r in train + val)  # data.prompt_template
+
+
+def test_prompt_template_over_item_fields_and_a_missing_field(tmp_path):
+    rows = [{"question": f"q{i}?", "answer": f"{i}+0={i}. #### {i}", "topic": {"name": "sums"}} for i in range(6)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(source="file", path=str(tmp_path / "t.jsonl"), num_val=2,
+                     prompt_template="[{{ item.topic.name }}] {{ item.question }}\n")
+    train, val, _ = build_splits(cfg, seed=0)
+    assert {r.prompt for r in train + val} == {f"[sums] q{i}?\n" for i in range(6)}
+    assert all(r.completion for r in train)  # real data keeps every worked solution (worked_fraction is synthetic-only)
+    bad = cfg.model_copy(update={"prompt_template": "{{ item.title }}"})
+    with pytest.raises(DataError, match=r"data.prompt_template: item 'train-1': .*item has no field 'title'"):
+        build_splits(bad, seed=0)
 
 
 def test_leaking_val_questions_are_dropped_from_train(tmp_path):

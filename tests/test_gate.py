@@ -40,3 +40,13 @@ def test_report_names_each_rule_and_outcome():
     d = decide(EVAL, GateConfig(min_gain=0.1))
     md = report_markdown(d)
     assert "FAIL" in md and "`min_gain`" in md and "-0.0400" in md and "Nothing was promoted" in md
+
+
+def test_too_many_grader_errors_fail_the_gate():
+    """A grader that failed on 6 of 50 answers (12 %) scored them 0: the figures measure the grader."""
+    broken = {**EVAL, "ppo": {**EVAL["ppo"], "grader_errors": 6.0, "samples": 50.0}}
+    d = decide(broken, GateConfig(max_grader_error_rate=0.1))
+    rule = next(r for r in d["rules"] if r["name"] == "max_grader_error_rate")
+    assert d["decision"] == "fail" and not rule["passed"]
+    assert rule["value"] == pytest.approx(0.12) and rule["margin"] == pytest.approx(-0.02)
+    assert decide(broken, GateConfig(max_grader_error_rate=0.12))["decision"] == "pass"

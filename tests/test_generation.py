@@ -9,7 +9,7 @@ from reftflow.modeling import init_model
 from reftflow import generation as rollout
 from reftflow.forward import response_logprobs
 from reftflow.ppo.value_head import PolicyWithValue
-from reftflow.prompting import prompt_text
+from reftflow.prompting import render_prompt
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
@@ -34,7 +34,7 @@ def test_sample_logprobs_and_values_match_a_full_forward(tiny):
     full forward of prompt + response computes (positions from the mask, left padding included)."""
     model, tok = tiny
     pv = PolicyWithValue(model, value_init_std=0.1).eval()  # a non-zero value head, so values are checked
-    prompts = [tok(prompt_text(r))["input_ids"] for r in generate(5, seed=0)]
+    prompts = [tok(render_prompt(r))["input_ids"] for r in generate(5, seed=0)]
     torch.manual_seed(0)
     ro = rollout.sample(pv, tok, prompts, max_new_tokens=12, temperature=0.7)
     assert ro.response_ids.shape == ro.logprobs.shape == ro.values.shape == (5, 12)
@@ -96,7 +96,7 @@ def test_sample_stops_at_eos_and_masks_after_it():
 
 def test_generate_greedy_keeps_order_and_is_batch_invariant(tiny):
     model, tok = tiny
-    prompts = [prompt_text(r) for r in generate(7, seed=3)]
+    prompts = [render_prompt(r) for r in generate(7, seed=3)]
     batched = rollout.generate_greedy(model, tok, prompts, max_new_tokens=8, batch_size=3)
     single = [rollout.generate_greedy(model, tok, [p], max_new_tokens=8, batch_size=1)[0] for p in prompts]
     assert batched == single
@@ -108,7 +108,7 @@ def test_shared_prompt_forward_equals_the_plain_one_with_gradients():
     gradients they send into the model must equal the plain per-row forward's."""
     torch.manual_seed(0)
     K = 3
-    questions = [tok for tok in (init_model(TINY, seed=0)[1](prompt_text(r))["input_ids"]
+    questions = [tok for tok in (init_model(TINY, seed=0)[1](render_prompt(r))["input_ids"]
                                  for r in generate(4, seed=5))]
     assert len({len(q) for q in questions}) > 1  # different prompt lengths: left padding in play
     results = []

@@ -384,3 +384,24 @@ def test_reward_function_strings_chat_and_columns():
 def test_reward_function_missing_column_scores_zero():
     reward = as_reward_function(build_grader(DEFAULT_GRADER))
     assert reward(prompts=["p"], completions=["#### 7"]) == [0.0]  # no `answer` column: sample error, score 0
+
+
+def test_reward_function_reads_items_from_the_item_json_column():
+    """reftflow's GRPO passes each item as JSON: nested fields survive a dataset's column types."""
+    from reftflow.graders.reward_fn import ITEM_COLUMN
+
+    reward = as_reward_function(build_grader({"type": "string_check", "name": "s", "operation": "eq",
+                                              "input": "{{ sample.output_text }}", "reference": "{{ item.ref.gene }}"}))
+    items = [{"ref": {"gene": "BRCA1"}}, {"ref": {"gene": "TP53"}}]
+    assert reward(prompts=["p", "p"], completions=["BRCA1", "BRCA1"],
+                  **{ITEM_COLUMN: [json.dumps(i) for i in items]}) == [1.0, 0.0]
+
+
+def test_program_text_after_a_prompt_is_dedented():
+    """A P-CoT completion starts with the space after `A:`: Python would call it an indentation error."""
+    from reftflow.graders.code import extract_program
+
+    program = extract_program(" def solution():\n    return 6 * 7\n #### 42")
+    namespace: dict = {}
+    exec(compile(program, "<p>", "exec"), namespace)
+    assert namespace["solution"]() == 42

@@ -20,10 +20,11 @@ def test_real_gsm8k_files_prepare_cleanly():
     assert report["val_items"] == 1319
     assert report["train_items"] + report["duplicates_dropped"] + report["leaked_dropped"] == 7473
     first = json.loads((SHARED_GSM8K / "train.jsonl").read_text().splitlines()[0])
-    rec = next(r for r in train + val if r.question == first["question"].strip())
-    assert rec.answer == first["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    assert "<<" not in rec.reasoning  # calculator annotations stripped
-    assert all(r.reasoning for r in train)
+    rec = next(r for r in train + val if r.item["question"] == first["question"].strip())
+    assert rec.item["answer"] == first["answer"]  # every field reaches graders as it was
+    final = first["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+    assert rec.completion.endswith(f"#### {final}") and "<<" not in rec.completion  # calculator annotations stripped
+    assert all(r.completion for r in train)  # real data keeps all of its worked solutions
 
 
 def _tiny_gpt2(path):
@@ -61,9 +62,9 @@ def test_any_hf_causal_lm_goes_through_sft_ppo_and_evaluate(tmp_path):
     with grader:
         trainer = PPOTrainer(tmp_path / "sft", records, PPOConfig(steps=1, questions_per_step=2, samples_per_question=2,
                                                                   minibatch_size=4, max_new_tokens=8, ent_coef=0.01),
-                             lambda texts, items: [r.score for r in grader.grade_many(texts, items)],
-                             tmp_path / "ppo", tmp_path / "ckpt", seed=0)
+                             grader, tmp_path / "ppo", seed=0)
         metrics = list(trainer.train())
+        trainer.save()
         assert len(metrics) == 1
         result = evaluate_model(tmp_path / "ppo", records[:4], grader, max_new_tokens=8, batch_size=4, label="ppo")
     assert result.metrics["samples"] == 4.0 and len(result.rows) == 4

@@ -1,11 +1,13 @@
-"""Build the train/val splits from the configured source: load, normalise, dedupe, refuse leakage, split."""
+"""Build the train/val splits from the configured source: load, render prompts, dedupe, refuse
+leakage, split (and the extra SFT examples of `data.sft_path`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from reftflow.config import DataConfig
-from reftflow.data.formats import dedupe, load_gsm8k_jsonl, load_hf_dataset, question_key
+from reftflow.data.formats import dedupe, load_data_file, load_hf_dataset, load_sft_file, prompt_key
 from reftflow.data.records import DataError, Record
 from reftflow.data.synthetic import generate
 
@@ -13,19 +15,43 @@ from reftflow.data.synthetic import generate
 def _load(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record] | None]:
     if cfg.source == "synthetic":
         return generate(cfg.num_train + cfg.num_val, seed, cfg.min_ops, cfg.max_ops, cfg.max_operand), None
-    if cfg.source == "jsonl":
-        val = load_gsm8k_jsonl(cfg.val_path, prefix="val") if cfg.val_path else None
-        return load_gsm8k_jsonl(cfg.path, prefix="train"), val
-    train = load_hf_dataset(cfg.hf_name, cfg.hf_config, cfg.hf_split)
-    return train, None
+    if cfg.source in ("file", "jsonl"):
+        val = load_data_file(cfg.val_path, cfg.format, prefix="val") if cfg.val_path else None
+        return load_data_file(cfg.path, cfg.format, prefix="train"), val
+    return load_hf_dataset(cfg.hf_name, cfg.hf_config, cfg.hf_split, cfg.hf_columns, cfg.format), None
+
+
+def with_prompts(records: list[Record], template: str) -> list[Record]:
+    """Records whose prompt is neither messages nor text get `template` over their item's fields."""
+    from reftflow.prompting import apply_template
+    from reftflow.templates import MissingField
+
+    out = []
+    for r in records:
+        if r.messages is None and r.prompt is None:
+            try:
+                r = dataclasses.replace(r, prompt=apply_template(template, r.item))
+            except (MissingField, ValueError) as e:
+                raise DataError(f"data.prompt_template: item {r.id!r}: {e}") from None
+        out.append(r)
+    return out
+
+
+def _keep_worked_fraction(train: list[Record], fraction: float, rng: random.Random) -> list[Record]:
+    """Synthetic tasks only: keep the worked solution on a seeded subset (the realistic RFT setting:
+    SFT learns from worked items, RL from every question); real data keeps all of its own."""
+    worked = {r.id for r in train if r.completion}
+    keep = set(rng.sample(sorted(worked), round(fraction * len(worked)))) if worked else set()
+    return [r if r.id in keep else dataclasses.replace(r, completion=None, item={**r.item, "reasoning": None})
+            for r in train]
 
 
 def build_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record], dict[str, float]]:
     """(train, val, report). Val is split off by seed unless a separate val file is given;
-    a train question that also appears in val is dropped (leakage), and counted in the report."""
+    a train item whose prompt also appears in val is dropped (leakage), and counted in the report."""
     rng = random.Random(seed)
     pool, val = _load(cfg, seed)
-    pool, dup_train = dedupe(pool)
+    pool, dup_train = dedupe(with_prompts(pool, cfg.prompt_template))
     dup_val = 0
     if val is None:
         if len(pool) < cfg.num_val + 1:
@@ -33,27 +59,27 @@ def build_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record]
         rng.shuffle(pool)
         val, pool = pool[: cfg.num_val], pool[cfg.num_val :]
     else:
-        val, dup_val = dedupe(val)
+        val, dup_val = dedupe(with_prompts(val, cfg.prompt_template))
         val = val[: cfg.num_val]
-    val_questions = {question_key(r.question) for r in val}
-    train = [r for r in pool if question_key(r.question) not in val_questions]
+    val_keys = {prompt_key(r) for r in val}
+    train = [r for r in pool if prompt_key(r) not in val_keys]
     leaked = len(pool) - len(train)
     train = train[: cfg.num_train]
     if not train:
         raise DataError("data: no training items left after dedupe and leakage removal")
-
-    # Answer-only items: keep the worked solution on a seeded subset only (the realistic RFT
-    # setting; SFT learns from worked items, RL from every question).
-    worked = {r.id for r in train if r.reasoning}
-    keep = set(rng.sample(sorted(worked), round(cfg.worked_fraction * len(worked)))) if worked else set()
-    train = [r if r.id in keep else Record(r.id, r.question, r.answer, None) for r in train]
-
+    if cfg.source == "synthetic":
+        train = _keep_worked_fraction(train, cfg.worked_fraction, rng)
     report = {
         "train_items": len(train),
         "val_items": len(val),
-        "train_worked": sum(1 for r in train if r.reasoning),
-        "train_answer_only": sum(1 for r in train if not r.reasoning),
+        "train_worked": sum(1 for r in train if r.completion),
+        "train_answer_only": sum(1 for r in train if not r.completion),
         "duplicates_dropped": dup_train + dup_val,
         "leaked_dropped": leaked,
     }
     return train, val, report
+
+
+def sft_examples(cfg: DataConfig) -> list[Record]:
+    """The extra worked examples of `data.sft_path` (OpenAI chat SFT JSONL), or none."""
+    return load_sft_file(cfg.sft_path) if cfg.sft_path else []

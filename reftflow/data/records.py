@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from reftflow.errors import InputError
 from reftflow.io import atomic_write_text
@@ -17,15 +17,36 @@ class DataError(InputError):
 
 @dataclass(frozen=True)
 class Record:
+    """One task item as every stage reads it.
+
+    `item` is the source object with all its fields: graders see it as `{{ item.<field> }}`, nested
+    paths included. The prompt is either `messages` (a chat: system/developer/user/assistant turns,
+    the last from the user; rendered through the tokenizer's chat template when it has one) or
+    `prompt` (text, a template over the item's fields applied at prepare time). `completion` is the
+    reference answer SFT imitates; None makes an answer-only item that RL and evaluation still use.
+    """
+
     id: str
-    question: str
-    answer: str
-    """the final answer as text, e.g. '14' (what a grader's reference template usually names)."""
-    reasoning: str | None = None
-    """a worked solution (`a+b=c.` steps) when the source has one; None for answer-only items."""
+    item: dict[str, Any]
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    completion: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Record:
+        return cls(id=str(obj["id"]), item=obj["item"], prompt=obj.get("prompt"), messages=obj.get("messages"),
+                   completion=obj.get("completion"))
+
+
+def common_fields(records: Iterable[Record]) -> set[str]:
+    """The item fields every record has: what a grader template may name without failing on some."""
+    fields: set[str] | None = None
+    for r in records:
+        fields = set(r.item) if fields is None else fields & set(r.item)
+    return fields or set()
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict | Record]) -> None:
@@ -54,11 +75,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def read_records(path: str | Path) -> list[Record]:
+    """Records written by `write_jsonl` (the prepare stage's output)."""
     out = []
     for lineno, obj in iter_jsonl(path):
         try:
-            out.append(Record(id=str(obj["id"]), question=obj["question"], answer=str(obj["answer"]),
-                              reasoning=obj.get("reasoning")))
+            out.append(Record.from_json(obj))
         except KeyError as e:
-            raise DataError(f"{path}:{lineno}: missing field {e.args[0]!r}") from None
+            raise DataError(f"{path}:{lineno}: missing field {e.args[0]!r} (not a prepared record)") from None
     return out

@@ -40,7 +40,14 @@ def make_problem(rng: random.Random, idx: int, min_ops: int = 1, max_ops: int = 
         clauses.append(clause)
         steps.append(step)
     clauses.append(f"How many {item} now?")
-    return Record(id=f"syn-{idx}", question=" ".join(clauses), answer=str(value), reasoning=" ".join(steps))
+    rid, question, reasoning = f"syn-{idx}", " ".join(clauses), " ".join(steps)
+    return Record(id=rid, item={"id": rid, "question": question, "answer": str(value), "reasoning": reasoning},
+                  completion=worked_completion(reasoning, str(value)))
+
+
+def worked_completion(reasoning: str, answer: str) -> str:
+    """What SFT imitates: the worked steps, then `#### N` (the numeric grader's gsm8k extraction)."""
+    return f" {reasoning} #### {answer}"
 
 
 def generate(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20) -> list[Record]:
@@ -54,7 +61,7 @@ def generate(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand:
         if attempts > 50 * n + 1000:
             raise ValueError(f"cannot generate {n} distinct problems with max_operand={max_operand}")
         rec = make_problem(rng, len(out), min_ops, max_ops, max_operand)
-        if rec.question not in seen:
-            seen.add(rec.question)
+        if rec.item["question"] not in seen:
+            seen.add(rec.item["question"])
             out.append(rec)
     return out

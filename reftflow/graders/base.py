@@ -130,7 +130,9 @@ class PureGrader(Grader):
 
 
 def describe(e: BaseException) -> str:
-    if isinstance(e, SampleError):
+    from reftflow.templates import MissingField
+
+    if isinstance(e, (SampleError, MissingField)):
         return one_line(str(e))
     try:
         msg = str(e)

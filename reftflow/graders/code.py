@@ -23,7 +23,7 @@ from reftflow.graders.base import GradeResult, Grader, SampleError, checked_scor
 from reftflow.graders.numeric import AnswerScores, Tolerance, parse_scores, parse_tolerance, reference_number
 from reftflow.graders.pool import SandboxPool
 from reftflow.graders.spec import BuildContext
-from reftflow.graders.templates import Template
+from reftflow.templates import Template
 
 MAX_SOURCE_CHARS = 1_000_000
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.S)
@@ -73,8 +73,12 @@ class PythonGrader(Grader):
 
 
 def extract_program(text: str) -> str:
+    """The last fenced code block, else the whole text, dedented: a completion after `A:` (ReFT's
+    P-CoT) starts with a space that Python would read as an indentation error."""
+    import textwrap
+
     blocks = _FENCE.findall(text)
-    return blocks[-1] if blocks else text
+    return textwrap.dedent(blocks[-1] if blocks else text)
 
 
 def _as_number(value: Any) -> float | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from reftflow.answers import extract_answer, parse_number
 from reftflow.graders.base import PureGrader, SampleError
 from reftflow.graders.spec import BuildContext
-from reftflow.graders.templates import Template
+from reftflow.templates import Template
 
 EXTRACTIONS = ("gsm8k", "last_number", "boxed")
 

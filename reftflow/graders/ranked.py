@@ -15,7 +15,7 @@ import re
 
 from reftflow.graders.base import PureGrader
 from reftflow.graders.spec import BuildContext
-from reftflow.graders.templates import Template
+from reftflow.templates import Template
 
 # `1. X`, `1) X`, `(1) X`, `1.X`, `- X`, `* X`, `• X`, `#1 X`; `1.5 mg` keeps its number
 _MARKER = re.compile(r"^\s*(?:\(?\d{1,3}[.):](?:\s+|(?=[^\d\s]))|[-*•]\s+|#\d{1,3}[.):]?\s+)")

@@ -3,16 +3,20 @@
 TRL's GRPOTrainer calls reward functions with the prompts, the completions (strings, or chat message lists
 in conversational datasets) and every other dataset column as a list with one value per completion
 (trl/trainer/grpo_trainer.py `_calculate_rewards`); it also passes trainer_state, log_extra, log_metric and
-completion_ids, which are not item fields. The item a grader template sees is rebuilt from those columns.
+completion_ids, which are not item fields. The item a grader template sees is rebuilt from those columns,
+or read from the `item_json` column when there is one (reftflow's GRPO passes items that way).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from reftflow.graders.base import FULL_MARKS, Grader
 
 _NOT_COLUMNS = frozenset({"trainer_state", "log_extra", "log_metric", "completion_ids", "environments"})
+ITEM_COLUMN = "item_json"
+"""a dataset column holding each item as JSON: when present, it is the item graders see."""
 
 
 def completion_text(completion: Any) -> str:
@@ -39,7 +43,10 @@ def as_reward_function(grader: Grader, name: str | None = None) -> Callable[...,
         per_sample = {
             k: v for k, v in columns.items() if k not in _NOT_COLUMNS and isinstance(v, (list, tuple)) and len(v) == n
         }
-        items = [{k: v[i] for k, v in per_sample.items()} for i in range(n)]
+        if ITEM_COLUMN in per_sample:
+            items = [json.loads(text) for text in per_sample[ITEM_COLUMN]]
+        else:
+            items = [{k: v[i] for k, v in per_sample.items()} for i in range(n)]
         results = grader.grade_many(texts, items)
         log_metric = columns.get("log_metric")
         if callable(log_metric) and n:

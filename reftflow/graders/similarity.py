@@ -13,7 +13,7 @@ from typing import Callable
 
 from reftflow.graders.base import PureGrader
 from reftflow.graders.spec import BuildContext
-from reftflow.graders.templates import Template
+from reftflow.templates import Template
 
 Metric = Callable[[str, str], float]
 METRICS = ("fuzzy_match", "bleu", "gleu", "meteor", "cosine", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from reftflow.graders.base import Grader, GraderConfigError
-from reftflow.graders.templates import Template, TemplateSyntaxError
+from reftflow.templates import Template, TemplateSyntaxError
 
 _UNSUPPORTED = {
     "score_model": "needs a hosted model to score; reftflow grades offline (use python, text_similarity or multi)",

@@ -9,7 +9,7 @@ from typing import Callable
 
 from reftflow.graders.base import PureGrader
 from reftflow.graders.spec import BuildContext
-from reftflow.graders.templates import Template
+from reftflow.templates import Template
 
 OPERATIONS: dict[str, Callable[[str, str], bool]] = {
     "eq": lambda a, b: a == b,

@@ -37,7 +37,7 @@ from reftflow.forward import response_logprobs
 from reftflow.modeling import load_model, set_threads
 from reftflow.ppo.core import compute_advantages, kl_penalty, masked_mean, policy_loss, shape_rewards, value_loss
 from reftflow.ppo.value_head import PolicyWithValue
-from reftflow.prompting import item_dict, prompt_text
+from reftflow.prompting import render_prompt
 from reftflow.rl import TrainingDiverged, checkpoint
 from reftflow.rl.rewards import grade, reward_metrics
 from reftflow.rl.schedule import QuestionSchedule, mix
@@ -72,7 +72,7 @@ class PPOTrainer:
 
     Args:
         policy_path: the SFT model dir; it is both the starting policy and the frozen reference.
-        train_records: the questions (and reference answers the grader sees through `item_dict`).
+        train_records: the items: their prompts, and the fields the grader sees as `{{ item.<field> }}`.
         cfg: the `ppo` section of params.yaml.
         grader: a `reftflow.graders.Grader` (`grade_many(texts, items)`).
         out_dir: where `save()` puts the final policy (HF dir + tokenizer + value_head.safetensors).
@@ -114,8 +114,8 @@ class PPOTrainer:
         self.ref.to(self.accelerator.device)
 
         # prompts are tokenised once; the loop only pads ids
-        self._prompt_tokens = self.tokenizer([prompt_text(r) for r in self.records])["input_ids"]
-        self._items = [item_dict(r) for r in self.records]
+        self._prompt_tokens = self.tokenizer([render_prompt(r, self.tokenizer) for r in self.records])["input_ids"]
+        self._items = [r.item for r in self.records]
 
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # stepped once per PPO step (not wrapped by accelerate, which would step it once per process)

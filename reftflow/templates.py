@@ -1,4 +1,5 @@
-"""`{{ item.<field> }}` / `{{ sample.output_text }}` templates (OpenAI grader template syntax).
+"""`{{ item.<field> }}` / `{{ sample.output_text }}` templates (OpenAI grader template syntax), for
+graders and for prompts (`data.prompt_template`).
 
 Only dotted paths are allowed (no expressions, filters or calls): a template is data, never code.
 `sample.output_json` is the output text parsed as JSON (OpenAI's name); list elements by index (`item.choices.0`).
@@ -10,8 +11,6 @@ import json
 import re
 from typing import Any
 
-from reftflow.graders.base import SampleError
-
 _TAG = re.compile(r"\{\{(.*?)\}\}", re.S)
 _PATH = re.compile(r"^(item|sample)((?:\.(?:[A-Za-z_][\w-]*|\d+))+)$")
 _SAMPLE_FIELDS = ("output_text", "output_json")
@@ -20,6 +19,10 @@ _MISSING = object()
 
 class TemplateSyntaxError(ValueError):
     pass
+
+
+class MissingField(Exception):
+    """A reference to a field the item (or the JSON output) does not have: that sample's failure."""
 
 
 class Template:
@@ -84,7 +87,7 @@ def _lookup(ref: tuple[str, tuple[str, ...]], output_text: str, item: dict) -> A
         try:
             value: Any = json.loads(output_text)
         except ValueError:
-            raise SampleError(f"{{{{ sample.{'.'.join(path)} }}}}: the output is not JSON") from None
+            raise MissingField(f"{{{{ sample.{'.'.join(path)} }}}}: the output is not JSON") from None
         rest = path[1:]
     else:
         value, rest = item, path
@@ -97,7 +100,7 @@ def _lookup(ref: tuple[str, tuple[str, ...]], output_text: str, item: dict) -> A
         else:
             value = _MISSING
         if value is _MISSING:
-            raise SampleError(f"{{{{ {root}.{'.'.join(path)} }}}}: {walked} has no field '{key}'")
+            raise MissingField(f"{{{{ {root}.{'.'.join(path)} }}}}: {walked} has no field '{key}'")
         walked += "." + key
     return value
 
