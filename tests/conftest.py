@@ -58,12 +58,14 @@ def make_project(dest: Path, params_text: str) -> Path:
     return dest
 
 
+# the stage-level tests exercise PPO, the algorithm with the most moving parts (critic, reference,
+# several processes); the shipped default (raft) runs through the same stage in test_ppo_stage.py
 TINY_PARAMS = """\
 seed: 0
 data: {source: synthetic, num_train: 48, num_val: 12, max_ops: 2}
 model: {hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64, max_length: 128, torch_threads: 1}
 sft: {epochs: 1, batch_size: 8, max_steps: 3, logging_steps: 1, lr: 1.0e-3}
-ppo: {steps: 2, questions_per_step: 4, samples_per_question: 2, minibatch_size: 4, ppo_epochs: 1,
+ppo: {algorithm: ppo, steps: 2, questions_per_step: 4, samples_per_question: 2, minibatch_size: 4, ppo_epochs: 1,
       max_new_tokens: 12, checkpoint_every: 1}
 evaluate: {max_new_tokens: 12, batch_size: 12, num_logged_samples: 3}
 gate: {min_accuracy: 0.0, min_gain: -1.0}

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_repo_params_yaml_is_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.ppo.algorithm in ("ppo", "grpo")
+    assert params.ppo.algorithm in ("ppo", "grpo", "raft")
+    assert params.ppo.raft.lr == pytest.approx(3e-5)  # a nested section, typed
     assert params.sft.lr == pytest.approx(1e-3)  # written `1.0e-3`
     assert params.grader["type"] == "numeric_answer"
 
