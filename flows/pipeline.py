@@ -151,11 +151,17 @@ def run_stage(stage: str, parent_run_id: str, project_dir: str) -> StageResult:
 
 
 def check_project(project_dir: str | Path) -> dict:
-    """Refuse a bad params.yaml or grader before any stage starts; returns the validated params."""
+    """Refuse a bad params.yaml or grader before any stage starts; returns the validated params.
+    A project made by `reftflow init` also gets its stages' code digests refreshed here, before DVC
+    compares them (reftflow/project.py)."""
     from reftflow.config import ConfigError, load_params, read_yaml
     from reftflow.graders import build_grader
+    from reftflow.project import refresh_digests
 
     project = Path(project_dir)
+    if not (project / "params.yaml").exists():
+        raise ConfigError(f"{project}: no params.yaml here (make a project with `reftflow init DIR`, or pass "
+                          "--project-dir)")
     params = load_params(project / "params.yaml")
     # DVC refuses a stage whose declared params are absent from params.yaml: say which, up front
     raw = read_yaml(project / "params.yaml") or {}
@@ -164,6 +170,7 @@ def check_project(project_dir: str | Path) -> dict:
             if isinstance(key, str) and key.split(".")[0] not in raw:
                 raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads it)")
     build_grader(params.grader, base_dir=project).close()
+    refresh_digests(project)
     return params.model_dump()
 
 

@@ -6,7 +6,7 @@ from reftflow import paths
 from reftflow.config import Params
 from reftflow.data.prepare import build_splits, sft_examples
 from reftflow.data.records import write_jsonl
-from reftflow.io import write_json
+from reftflow.io import atomic_write_text, write_json
 from reftflow.stage import main
 
 
@@ -18,7 +18,10 @@ def run(params: Params, _args) -> None:
     report["sft_file_items"] = len(extra)
     write_jsonl(paths.TRAIN, train)
     write_jsonl(paths.VAL, val)
-    write_jsonl(paths.SFT_DATA, extra)
+    if extra:
+        write_jsonl(paths.SFT_DATA, extra)
+    else:  # one blank line, no record: DVC warns about an empty output file on every command
+        atomic_write_text(paths.SFT_DATA, "\n")
     write_json(paths.PREPARE_METRICS, report)
     with stage_run("prepare", {"seed": params.seed, "data": params.data.model_dump()}) as run_log:
         run_log.log_metrics(report)

@@ -1,94 +1,57 @@
 """dvc.yaml's deps cannot drift from the code: each stage lists every project module it imports.
 
-A stage's modules are derived from its entry point (`python -m tasks.<stage>`), following every
-import, including function-level ones and the `"package.module:Class"` strings of registries
-(`reftflow.rl.ALGORITHMS`), transitively. A module counts as covered when dvc.yaml lists it or a
-directory above it. Package `__init__.py` files holding nothing but a docstring or a version string
-cannot change what a stage computes and are not required.
+`reftflow.codedeps` derives a stage's files from its entry point (imports at any depth, registry
+strings, transitively); `reftflow.project.dvc_yaml("files")` renders dvc.yaml from them and the stage
+table, and the repo's dvc.yaml must be exactly that. A project made by `reftflow init` depends on the
+digest of the same files instead, so editing one module makes exactly the stages that import it stale.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from reftflow.codedeps import stage_digest, stage_files
+from reftflow.project import STAGES, dvc_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = ("reftflow", "tasks")
-_REGISTRY_ENTRY = re.compile(r"^((?:reftflow|tasks)(?:\.\w+)+):\w+$")
-
-
-def module_file(name: str) -> Path | None:
-    path = ROOT.joinpath(*name.split("."))
-    if (path / "__init__.py").exists():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every project module `path` imports (at any depth of its code), by dotted name."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1]) if path.name != "__init__.py" \
-        else ".".join(path.parent.relative_to(ROOT).parts)
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _REGISTRY_ENTRY.match(node.value):
-            found.add(_REGISTRY_ENTRY.match(node.value).group(1))
-    return {m for m in found if m.split(".")[0] in PROJECT_PACKAGES}
-
-
-def stage_files(entry: str) -> set[Path]:
-    """The project files `python -m <entry>` can execute: the import closure, packages included."""
-    seen: set[Path] = set()
-    todo = [entry]
-    while todo:
-        parts = todo.pop().split(".")
-        for i in range(1, len(parts) + 1):
-            file = module_file(".".join(parts[:i]))
-            if file is not None and file not in seen:
-                seen.add(file)
-                todo.extend(imported_modules(file))
-    return seen
-
-
-def trivial(path: Path) -> bool:
-    """An `__init__.py` with only a docstring and constants: nothing a stage computes depends on it."""
-    body = ast.parse(path.read_text()).body
-    return path.name == "__init__.py" and all(
-        isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
-        or isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) for n in body)
+REPO_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def covered(file: Path, deps: list[str]) -> bool:
-    rel = file.relative_to(ROOT)
-    return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
-
-
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return any(file == Path(d) or Path(d) in file.parents for d in deps)
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_list_every_imported_module(stage):
-    spec = STAGES[stage]
-    entry = spec["cmd"].removeprefix("python -m ").split()[0]
-    missing = sorted(str(f.relative_to(ROOT)) for f in stage_files(entry)
-                     if not trivial(f) and not covered(f, spec["deps"]))
+    missing = [str(f) for f in stage_files(stage, ROOT) if not covered(f, REPO_STAGES[stage]["deps"])]
     assert not missing, f"dvc.yaml stage '{stage}' does not list {missing}"
+
+
+def test_the_repo_dvc_yaml_is_the_rendered_one():
+    """Regenerate it with: python -c 'from reftflow.project import dvc_yaml; open("dvc.yaml", "w").write(dvc_yaml("files"))'"""
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml("files", ROOT)
 
 
 def test_the_derivation_sees_function_level_imports_and_registries():
     """The analysis itself: ppo reaches the trainers only through the registry's strings and lazy imports."""
-    files = {str(f.relative_to(ROOT)) for f in stage_files("tasks.ppo")}
+    files = {str(f) for f in stage_files("ppo", ROOT)}
     assert {"reftflow/ppo/trainer.py", "reftflow/grpo.py", "reftflow/raft.py", "reftflow/generation.py"} <= files
     assert "reftflow/gate.py" not in files
+
+
+def test_editing_a_module_changes_exactly_the_digests_of_the_stages_that_import_it(tmp_path):
+    import shutil
+
+    for pkg in ("reftflow", "tasks"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {s: stage_digest(s, tmp_path) for s in STAGES}
+    with open(tmp_path / "reftflow" / "raft.py", "a") as f:
+        f.write("\n# an edit\n")
+    after = {s: stage_digest(s, tmp_path) for s in STAGES}
+    assert [s for s in STAGES if before[s] != after[s]] == ["ppo"]
+    with open(tmp_path / "reftflow" / "config.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert all(stage_digest(s, tmp_path) != after[s] for s in STAGES)  # every stage reads its config

@@ -1,0 +1,164 @@
+"""A reftflow project: a directory with params.yaml, dvc.yaml and `.dvc/`, run by the installed package.
+
+`reftflow init DIR --example NAME` makes one. Its dvc.yaml runs the same stage entry points as the
+repo's (`python -m tasks.<stage>`, found in the installed package), with the same inputs, params
+and outputs. The one difference is how a stage depends on its code: the repo lists the source
+files (they are in the project), while an installed package's files are not, so an initialised
+project depends on `.reftflow/code/<stage>.md5`, the digest of those same files
+(`reftflow.codedeps`), which `reftflow run` refreshes before DVC looks. Upgrading reftflow then makes
+exactly the stages whose code changed stale.
+
+    reftflow init /tmp/g --example genes && reftflow run --project-dir /tmp/g
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reftflow.codedeps import stage_digest, stage_files
+from reftflow.errors import InputError
+
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+DIGESTS = Path(".reftflow/code")
+HEADER = """\
+# DVC decides which stages are stale (one caching mechanism, not two): each stage lists its
+# command, {code} and its inputs, the params.yaml keys it reads, and its outputs.
+# The Prefect flow (flows/pipeline.py) runs these same commands through `dvc repro`.
+"""
+CODE_FILES = ("as deps every project module it imports (tests/test_dvc_deps.py derives them from the\n"
+              "# code and fails on a missing one)")
+CODE_DIGESTS = ("as a dep the digest of the reftflow code it runs (.reftflow/code/<stage>.md5, refreshed by\n"
+                "# `reftflow run`)")
+
+# What each stage reads and writes besides its code; dvc.yaml is rendered from this one table.
+STAGES: dict[str, dict[str, Any]] = {
+    "prepare": {"deps": [], "params": ["seed", "data"],
+                "outs": ["data/prepared/train.jsonl", "data/prepared/val.jsonl", "data/prepared/sft.jsonl"],
+                "metrics": [{"metrics/prepare.json": {"cache": False}}]},
+    "sft": {"deps": ["data/prepared/train.jsonl", "data/prepared/sft.jsonl"], "params": ["seed", "model", "sft"],
+            "outs": ["models/sft"], "metrics": [{"metrics/sft.json": {"cache": False}}],
+            "plots": [{"plots/sft_loss.csv": {"x": "step", "y": "loss", "cache": False}}]},
+    "ppo": {"deps": ["models/sft", "data/prepared/train.jsonl", "data/prepared/val.jsonl"],
+            "params": ["seed", "ppo", "grader"], "outs": ["models/ppo"],
+            "metrics": [{"metrics/ppo.json": {"cache": False}}],
+            "plots": [{"plots/ppo_curve.csv": {"x": "step", "y": "reward_mean", "cache": False}}]},
+    "evaluate": {"deps": ["models/sft", "models/ppo", "data/prepared/val.jsonl"], "params": ["evaluate", "grader"],
+                 "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},
+    "gate": {"deps": ["models/ppo", "metrics/eval.json", "data/prepared/val.jsonl"], "params": ["gate"],
+             "metrics": [{"metrics/gate.json": {"cache": False}}], "outs": [{"metrics/gate.md": {"cache": False}}]},
+}
+# directories listed whole in the repo's dvc.yaml (every file in them is imported by the stage)
+_WHOLE_DIRS = {"prepare": ["reftflow/data"], "ppo": ["reftflow/graders", "reftflow/ppo", "reftflow/rl"],
+               "sft": ["reftflow/graders"], "evaluate": ["reftflow/graders"], "gate": ["reftflow/graders"]}
+
+
+def _code_deps(stage: str, root: Path | None) -> list[str]:
+    files = [str(f) for f in stage_files(stage, root)]
+    dirs = [d for d in _WHOLE_DIRS.get(stage, []) if any(f.startswith(d + "/") for f in files)]
+    own = f"tasks/{stage}.py"
+    return [own, *dirs, *(f for f in files if f != own and not any(f.startswith(d + "/") for d in dirs))]
+
+
+def dvc_yaml(code: str = "digests", root: Path | None = None) -> str:
+    """dvc.yaml's text: code deps as source `files` (the repo) or as `digests` (an initialised project)."""
+    stages = {}
+    for name, spec in STAGES.items():
+        code_deps = _code_deps(name, root) if code == "files" else [str(DIGESTS / f"{name}.md5")]
+        stages[name] = {"cmd": f"python -m tasks.{name}", "deps": code_deps + spec["deps"],
+                        **{k: spec[k] for k in ("params", "outs", "metrics", "plots") if k in spec}}
+    body = yaml.safe_dump({"stages": stages}, sort_keys=False, default_flow_style=False, indent=2)
+    return HEADER.format(code=CODE_FILES if code == "files" else CODE_DIGESTS) + body
+
+
+def refresh_digests(project_dir: str | Path) -> None:
+    """Write each stage's code digest where the project's dvc.yaml expects it (only when it changed:
+    DVC compares contents, and an unchanged file keeps its stage up to date)."""
+    from reftflow.io import atomic_write_text
+
+    project = Path(project_dir)
+    dvc_file = project / "dvc.yaml"
+    if not dvc_file.exists() or str(DIGESTS) not in dvc_file.read_text():
+        return  # the repo itself: its dvc.yaml lists the source files
+    for stage in STAGES:
+        path, digest = project / DIGESTS / f"{stage}.md5", stage_digest(stage) + "\n"
+        if not path.exists() or path.read_text() != digest:
+            atomic_write_text(path, digest)
+
+
+def examples() -> list[str]:
+    return sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "params.yaml").exists())
+
+
+GITIGNORE = """\
+# run outputs (DVC-tracked outs are also listed by DVC in their own .gitignore files)
+/data/prepared/
+/data/predictions/
+/models/
+/metrics/
+/plots/
+/checkpoints/
+# MLflow store and artifacts, Prefect's local state
+/mlflow.db
+/mlruns/
+/mlartifacts/
+/.prefect/
+"""
+
+
+def init(directory: str | Path, example: str = "arithmetic") -> Path:
+    """Create a self-contained project in `directory` (which must be absent or empty)."""
+    project = Path(directory)
+    if example not in examples():
+        raise InputError(f"--example {example!r}: no such example (expected one of {', '.join(examples())})")
+    if project.exists() and any(project.iterdir()):
+        raise InputError(f"{project}: not empty; reftflow init makes a new project (choose another directory)")
+    source = EXAMPLES_DIR / example
+    project.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.name != "__pycache__":
+            (shutil.copytree if item.is_dir() else shutil.copy)(item, project / item.name)
+    (project / "dvc.yaml").write_text(dvc_yaml("digests"))
+    (project / ".gitignore").write_text(GITIGNORE)
+    (project / ".dvcignore").write_text("/.prefect\n/mlruns\n")
+    refresh_digests(project)
+    _init_repos(project)
+    return project
+
+
+def _init_repos(project: Path) -> None:
+    """git (DVC's experiments and diffs need it) and DVC, with analytics off."""
+    dvc = [sys.executable, "-m", "dvc"]
+    env_git = ["-c", "user.name=reftflow", "-c", "user.email=reftflow@localhost"]
+    steps = [["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "config", "core.analytics", "false"],
+             ["git", "add", "-A"], ["git", *env_git, "commit", "-q", "-m", "reftflow init"]]
+    for cmd in steps:
+        proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"reftflow init: `{' '.join(cmd[-3:])}` failed: {proc.stderr.strip()[:300]}")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("init", help="create a project directory to run with `reftflow run --project-dir`",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", metavar="DIR", help="the new project's directory (absent or empty)")
+    p.add_argument("--example", default="arithmetic", help=f"the example task (one of: {', '.join(examples())})")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        project = init(args.directory, args.example).resolve()
+    except InputError as e:
+        print(f"reftflow init: error: {e}", file=sys.stderr)
+        return 2
+    print(f"reftflow init: created {project} (example {args.example}); run it with:\n"
+          f"  reftflow run --project-dir {project}")
+    return 0
