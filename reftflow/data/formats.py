@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from reftflow.answers import extract_answer, format_number, parse_number
-from reftflow.data.records import DataError, Record
+from reftflow.data.records import DataError, Record, json_type, jsonl_objects
 from reftflow.prompting import message_text
 
 FORMATS = ("auto", "openai", "reft", "gsm8k")
@@ -59,17 +59,6 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _json_type(value: Any) -> str:
-    """JSON's name for a value's type, for messages a user reads next to their file."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
-
-
 _NOT_JSON = object()
 
 
@@ -87,16 +76,7 @@ def _jsonl_objects(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]
     if text.lstrip().startswith("[") and isinstance(_whole_json(text), list):
         raise DataError(f"{path}: holds a JSON array (the ReFT format), not JSONL with one object per line; "
                         "set data.format to reft or auto")
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {_json_type(obj)}")
-        yield lineno, obj
+    yield from jsonl_objects(path, text.split("\n"))
 
 
 def _json_array(path: Path, text: str) -> list[dict[str, Any]]:
@@ -110,7 +90,7 @@ def _json_array(path: Path, text: str) -> list[dict[str, Any]]:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     for index, obj in enumerate(items):
         if not isinstance(obj, dict):
-            raise DataError(f"{path}[{index}]: expected a JSON object, got {_json_type(obj)}")
+            raise DataError(f"{path}[{index}]: expected a JSON object, got {json_type(obj)}")
     return items
 
 
@@ -139,7 +119,7 @@ def _detect(path: Path, text: str) -> str:
         return "reft"
     if whole is not _NOT_JSON:  # a .json file of one object, string or number
         raise DataError(f"{path}: a .json data file must hold a JSON array of items (the ReFT format), got "
-                        f"{_json_type(whole)}; a file of one object per line (JSONL) is named .jsonl")
+                        f"{json_type(whole)}; a file of one object per line (JSONL) is named .jsonl")
     lineno, obj = next(_jsonl_objects(path, text))
     fmt = _format_of(obj, f"{path}:{lineno}")
     if fmt == "reft":
@@ -163,7 +143,7 @@ def _own_id(obj: dict[str, Any], key: str, default: str, where: str) -> str:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(f"{where}: field {key!r} must be a string or an integer, got {_json_type(value)}")
+        raise DataError(f"{where}: field {key!r} must be a string or an integer, got {json_type(value)}")
     return str(value)
 
 
@@ -172,7 +152,7 @@ def _check_content(content: Any, at: str) -> None:
     if isinstance(content, str):
         return
     if not isinstance(content, list):
-        raise DataError(f"{at}: 'content' must be a string or a list of content parts, got {_json_type(content)}")
+        raise DataError(f"{at}: 'content' must be a string or a list of content parts, got {json_type(content)}")
     for j, part in enumerate(content):
         if isinstance(part, dict) and part.get("type", "text") != "text":
             raise DataError(f"{at}: content[{j}] has type {part['type']!r}: only text parts are supported")
@@ -182,7 +162,7 @@ def _check_content(content: Any, at: str) -> None:
 
 def _check_message(message: Any, at: str) -> None:
     if not isinstance(message, dict):
-        raise DataError(f"{at}: expected an object with 'role' and 'content', got {_json_type(message)}")
+        raise DataError(f"{at}: expected an object with 'role' and 'content', got {json_type(message)}")
     for key in ("role", "content"):
         if key not in message:
             raise DataError(f"{at}: missing {key!r}")
@@ -202,7 +182,7 @@ def _chat(obj: dict[str, Any], where: str) -> list[dict[str, Any]]:
     messages = obj["messages"]
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: field 'messages' must be a non-empty list, got "
-                        f"{'an empty list' if messages == [] else _json_type(messages)}")
+                        f"{'an empty list' if messages == [] else json_type(messages)}")
     for i, message in enumerate(messages):
         _check_message(message, f"{where}: messages[{i}]")
     return messages
@@ -252,11 +232,11 @@ def normalise_reft(obj: dict[str, Any], rid: str, where: str) -> Record:
     if not isinstance(question, str) or not question.strip():
         raise DataError(f"{where}: field 'question' must be a non-empty string")
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(f"{where}: field 'answer_value' must be a number or a string, got {_json_type(value)}")
+        raise DataError(f"{where}: field 'answer_value' must be a number or a string, got {json_type(value)}")
     if isinstance(value, str) and not value.strip():
         raise DataError(f"{where}: field 'answer_value' is empty")
     if cot is not None and not isinstance(cot, str):
-        raise DataError(f"{where}: field 'answer_cot' must be a string, got {_json_type(cot)}")
+        raise DataError(f"{where}: field 'answer_cot' must be a string, got {json_type(cot)}")
     completion = None
     if cot and cot.strip():
         cot = cot.strip()

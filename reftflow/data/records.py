@@ -54,24 +54,40 @@ def write_jsonl(path: str | Path, rows: Iterable[dict | Record]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+def json_type(value: Any) -> str:
+    """JSON's name for a value's type, for messages a user reads next to their file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def jsonl_objects(path: str | Path, lines: Iterable[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of `path`; a broken line is a one-line DataError."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {json_type(obj)}")
+        yield lineno, obj
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a broken line is a one-line DataError."""
+    """(line number, object) for each non-blank line of a JSONL file."""
     path = Path(path)
     try:
         f = path.open(encoding="utf-8")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     with f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+        yield from jsonl_objects(path, f)
 
 
 def read_records(path: str | Path) -> list[Record]:
