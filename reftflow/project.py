@@ -51,7 +51,8 @@ STAGES: dict[str, dict[str, Any]] = {
             "plots": [{"plots/ppo_curve.csv": {"x": "step", "y": "reward_mean", "cache": False}}]},
     "evaluate": {"deps": ["models/sft", "models/ppo", "data/prepared/val.jsonl"], "params": ["evaluate", "grader"],
                  "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},
-    "gate": {"deps": ["models/ppo", "metrics/eval.json", "data/prepared/val.jsonl"], "params": ["gate"],
+    "gate": {"deps": ["models/ppo", "metrics/eval.json", "data/prepared/val.jsonl"],
+             "params": ["gate", "data.prompt_template", "evaluate.max_new_tokens"],
              "metrics": [{"metrics/gate.json": {"cache": False}}], "outs": [{"metrics/gate.md": {"cache": False}}]},
 }
 # directories listed whole in the repo's dvc.yaml (every file in them is imported by the stage)

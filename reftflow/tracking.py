@@ -243,33 +243,21 @@ def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
     return info
 
 
-def register_champion(logger: RunLogger, model_dir: str | Path, name: str, example, alias: str = "champion",
-                      tags: Mapping[str, Any] | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
-    """Log the model as an MLflow transformers model in `logger`'s run, register it and alias it.
-    `example` (a Record) becomes the model's input example, its prompt rendered as in training.
-
-    An in-memory pipeline is logged (logging a local dir fails with transformers 5.24 in MLflow's
-    flavor config: `'str' object has no attribute '__name__'`) with explicit pip requirements (else
-    MLflow demands torchvision and runs a slow inference subprocess). Needs HF_HUB_OFFLINE=1 to avoid
-    48 s of hub retries.
-    """
+def register_champion(logger: RunLogger, model_dir: str | Path, name: str, prompt_template: str,
+                      alias: str = "champion", tags: Mapping[str, Any] | None = None,
+                      max_new_tokens: int = 48) -> dict[str, Any]:
+    """Log the model as a reftflow pyfunc (`reftflow.serving`: requests are rendered as in training,
+    chat messages included) in `logger`'s run, register it and alias it."""
     import importlib.metadata as md
 
     import mlflow
-    from transformers import pipeline
 
-    from reftflow.modeling import load_model
-    from reftflow.prompting import render_prompt
+    from reftflow.serving import log_pyfunc
 
-    model, tok = load_model(model_dir)
-    pipe = pipeline("text-generation", model=model, tokenizer=tok)
-    reqs = [f"{p}=={md.version(p)}" for p in ("transformers", "torch", "accelerate", "tokenizers")]
+    reqs = [f"{p}=={md.version(p)}" for p in ("transformers", "torch", "accelerate", "tokenizers", "pydantic",
+                                                "pyyaml")]
     with mlflow.start_run(run_id=logger.run_id):
-        info = mlflow.transformers.log_model(
-            transformers_model=pipe, name="policy", task="text-generation", pip_requirements=reqs,
-            input_example=render_prompt(example, tok),
-            model_config={"max_new_tokens": max_new_tokens, "do_sample": False},
-        )
+        info = log_pyfunc(model_dir, prompt_template, max_new_tokens, reqs)
     mv = mlflow.register_model(info.model_uri, name)
     logger.client.set_registered_model_alias(name, alias, mv.version)
     logger.client.set_model_version_tag(name, mv.version, "validation", "passed")

@@ -10,7 +10,6 @@ from reftflow.stage import main
 
 
 def run(params: Params, _args) -> None:
-    from reftflow.data.records import read_records
     from reftflow.gate import decide, report_markdown
     from reftflow.io import atomic_write_text, write_json
     from reftflow.tracking import champion_info, file_md5, register_champion, stage_run
@@ -28,8 +27,8 @@ def run(params: Params, _args) -> None:
         run_log.log_metrics({"gate/passed": float(decision["passed"])})
         run_log.set_tags({"reftflow.gate.decision": decision["decision"]})
         if decision["passed"]:
-            example = read_records(paths.VAL)[0]  # the model's input example in the registry
-            registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name, example,
+            registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name,
+                                           params.data.prompt_template,
                                            tags={"val_md5": val_md5, "accuracy": eval_metrics["ppo"]["accuracy"]},
                                            max_new_tokens=params.evaluate.max_new_tokens)
         decision["registered"] = registered

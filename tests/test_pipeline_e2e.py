@@ -82,6 +82,17 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     mv = client.get_model_version_by_alias("reftflow-policy", "champion")
     assert str(mv.version) == "1"
 
+    # the champion answers as trained: a chat request, an item through the prompt template, a raw prompt
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    champion = mlflow.pyfunc.load_model("models:/reftflow-policy@champion")
+    question = "Ann has 3 pens. They get 2 more. How many pens now?"
+    chat = champion.predict({"messages": [{"role": "user", "content": question}]})
+    assert isinstance(chat, list) and len(chat) == 1 and isinstance(chat[0], str)
+    item, raw = champion.predict([{"question": question}, f"Q: {question}\nA:"])
+    assert item == raw  # the item went through data.prompt_template, as in training
+
     # 2. nothing changed: no stage runs, no child runs, nothing registered
     summary = pipeline(project_dir=str(project), run_name="noop")
     assert summary["ran"] == dict.fromkeys(STAGES, False)
