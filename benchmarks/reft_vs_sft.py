@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> dict:
     def accuracy(model_dir: Path, label: str) -> float:
         t = time.perf_counter()
         res = evaluate_model(model_dir, val, grader, ppo_cfg.max_new_tokens, 100, label)
-        say(f"  {label}: held-out accuracy {res.metrics['accuracy']:.3f} (eval {time.perf_counter() - t:.0f}s)")
-        return res.metrics["accuracy"]
+        say(f"  {label}: held-out accuracy {res.metrics['pass_rate']:.3f} (eval {time.perf_counter() - t:.0f}s)")
+        return res.metrics["pass_rate"]
 
     train, val, report = build_splits(data_cfg, args.data_seed)
     say(f"data: {report['train_items']} train ({report['train_worked']} worked, {report['train_answer_only']} "

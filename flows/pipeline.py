@@ -200,8 +200,8 @@ def _print_summary(summary: dict, project_dir: Path, seconds: float) -> str:
                 ": nothing promoted" if decision == "FAIL" else "")]
     if ev:
         s, p = ev["sft"], ev["ppo"]
-        lines.append(f"  held-out accuracy: SFT {s['accuracy']:.3f} → RL {p['accuracy']:.3f} "
-                     f"({ev['gain']['accuracy']:+.3f});  mean grader score: SFT {s['mean_score']:.3f} → "
+        lines.append(f"  held-out pass rate: SFT {s['pass_rate']:.3f} → RL {p['pass_rate']:.3f} "
+                     f"({ev['gain']['pass_rate']:+.3f});  mean grader score: SFT {s['mean_score']:.3f} → "
                      f"RL {p['mean_score']:.3f}  ({int(p['samples'])} val questions)")
     for r in gate.get("rules", []):
         lines.append(f"  rule {r['name']}: {r['value']:.4f} vs {r['threshold']:.4f} → "

@@ -42,6 +42,10 @@ class DataConfig(_Section):
     source: Literal["synthetic", "file", "jsonl", "hf"] = "synthetic"
     """synthetic: the built-in word problems; file: data file(s) in `format` (`jsonl` is the older
     name of the same); hf: a Hugging Face dataset (local or cached unless HF_HUB_OFFLINE is unset)."""
+    task: Literal["arithmetic", "genes"] = "arithmetic"
+    """synthetic source only: which built-in task. arithmetic: the word problems (reftflow/data/synthetic.py,
+    sized by min_ops/max_ops/max_operand); genes: rare-disease cases, rank the causal gene from the symptoms
+    (reftflow/data/genes.py; grade with `ranked_list`, examples/genes/params.yaml)."""
     path: str | None = None
     """file source: the training items (docs/data.md has the formats)."""
     val_path: str | None = None
@@ -78,6 +82,8 @@ class DataConfig(_Section):
             raise ValueError(f"source '{self.source}' needs data.path")
         if self.source == "hf" and not self.hf_name:
             raise ValueError("source 'hf' needs data.hf_name")
+        if self.task != "arithmetic" and self.source != "synthetic":
+            raise ValueError(f"task '{self.task}' is a synthetic task: set data.source to synthetic")
         return self
 
 
@@ -176,6 +182,9 @@ class PPOConfig(_Section):
 
 class EvaluateConfig(_Section):
     max_new_tokens: int = Field(48, ge=1)
+    pass_threshold: float = Field(1.0, gt=0, le=1)
+    """an answer passes when its grader score is at least this: the pass rate counts them (1.0: full marks,
+    which for a numeric answer is accuracy)."""
     batch_size: int = Field(64, ge=1)
     max_samples: int = Field(0, ge=0)
     """0: the whole val set."""
@@ -184,12 +193,14 @@ class EvaluateConfig(_Section):
 
 
 class GateConfig(_Section):
-    min_accuracy: float = Field(0.0, ge=0, le=1)
-    """minimum held-out accuracy of the PPO model."""
-    min_gain: float = Field(0.0)
-    """minimum held-out accuracy gain of PPO over its SFT warm-up (may be negative to allow a small loss)."""
+    min_pass_rate: float = Field(0.0, ge=0, le=1)
+    """minimum held-out pass rate of the RL model (evaluate.pass_threshold)."""
+    min_gain: float = Field(0.0, ge=-1, le=1)
+    """minimum held-out pass-rate gain of the RL model over its SFT warm-up (negative allows a small loss)."""
     min_score: float = Field(0.0, ge=0, le=1)
-    """minimum mean grader score of the PPO model."""
+    """minimum mean grader score of the RL model."""
+    min_score_gain: float = Field(-1.0, ge=-1, le=1)
+    """minimum mean-score gain over the SFT warm-up (-1: no rule; a task with partial credit gates on it)."""
     max_grader_error_rate: float = Field(0.05, ge=0, le=1)
     """the most of the PPO model's held-out answers the grader may fail on (raise, time out, return
     garbage): those score 0, so past this the evaluation measures the grader, not the model."""

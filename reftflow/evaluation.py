@@ -18,8 +18,9 @@ class EvalResult:
 
 
 def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new_tokens: int, batch_size: int,
-                   label: str) -> EvalResult:
-    """Greedy accuracy (share of samples with full grader marks) and mean grader score."""
+                   label: str, pass_threshold: float = FULL_MARKS) -> EvalResult:
+    """Greedy decoding graded: the mean score, and the pass rate (the share of answers scoring at least
+    `pass_threshold`; at full marks, what a numeric task calls accuracy)."""
     from reftflow.modeling import load_model
     from reftflow.generation import generate_greedy
 
@@ -34,7 +35,7 @@ def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new
     ]
     n = max(len(rows), 1)
     metrics = {
-        "accuracy": sum(1 for row in rows if row["score"] >= FULL_MARKS) / n,
+        "pass_rate": sum(1 for row in rows if row["score"] >= min(pass_threshold, FULL_MARKS)) / n,
         "mean_score": sum(row["score"] for row in rows) / n,
         "grader_errors": float(sum(1 for row in rows if row["error"])),
         "samples": float(len(rows)),

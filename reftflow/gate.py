@@ -31,21 +31,22 @@ def _ceiling(name: str, description: str, value: float, threshold: float) -> Rul
     return Rule(name, description, value, threshold, value <= threshold + 1e-12, at_most=True)
 
 
-def decide(eval_metrics: dict, cfg: GateConfig, champion_accuracy: float | None = None) -> dict:
-    """Pass only when every rule holds. `champion_accuracy`: the current champion's accuracy on the
+def decide(eval_metrics: dict, cfg: GateConfig, champion_pass_rate: float | None = None) -> dict:
+    """Pass only when every rule holds. `champion_pass_rate`: the current champion's pass rate on the
     same val set (None when there is no comparable champion: the rule is then skipped)."""
     ppo, gain = eval_metrics["ppo"], eval_metrics["gain"]
     rules = [
-        _rule("min_accuracy", "RL model's held-out accuracy", ppo["accuracy"], cfg.min_accuracy),
-        _rule("min_gain", "RL accuracy gain over its SFT warm-up", gain["accuracy"], cfg.min_gain),
+        _rule("min_pass_rate", "RL model's held-out pass rate", ppo["pass_rate"], cfg.min_pass_rate),
+        _rule("min_gain", "RL pass-rate gain over its SFT warm-up", gain["pass_rate"], cfg.min_gain),
         _rule("min_score", "RL model's mean grader score", ppo["mean_score"], cfg.min_score),
+        _rule("min_score_gain", "RL mean-score gain over its SFT warm-up", gain["mean_score"], cfg.min_score_gain),
         # a grader that failed on many answers scored them 0: the other figures then measure the grader
         _ceiling("max_grader_error_rate", "share of the RL model's held-out answers the grader failed on",
                  ppo.get("grader_errors", 0.0) / max(ppo.get("samples", 1.0), 1.0), cfg.max_grader_error_rate),
     ]
-    if champion_accuracy is not None:
-        rules.append(_rule("no_regression", "RL accuracy vs the current champion", ppo["accuracy"],
-                           champion_accuracy))
+    if champion_pass_rate is not None:
+        rules.append(_rule("no_regression", "RL pass rate vs the current champion", ppo["pass_rate"],
+                           champion_pass_rate))
     passed = all(r.passed for r in rules)
     return {
         "decision": "pass" if passed else "fail",

@@ -238,8 +238,8 @@ def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
     except Exception:  # noqa: BLE001 - no such model or alias: there is no champion yet
         return None
     info: dict[str, Any] = {"version": str(mv.version), **mv.tags}
-    if "accuracy" in info:
-        info["accuracy"] = float(info["accuracy"])
+    if "pass_rate" in info:
+        info["pass_rate"] = float(info["pass_rate"])
     return info
 
 

@@ -1,4 +1,4 @@
-"""Stage `evaluate`: greedy held-out accuracy and mean grader score of the SFT model and the RL one
+"""Stage `evaluate`: greedy held-out pass rate and mean grader score of the SFT model and the RL one
 (models/ppo, whichever `ppo.algorithm` trained it; its metrics go under `ppo`, the stage's name)."""
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ def run(params: Params, _args) -> None:
     grader = build_grader(params.grader, item_fields=common_fields(val))
     with grader, stage_run("evaluate", {"evaluate": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.VAL, "val", context="evaluation")
-        results = {label: evaluate_model(path, val, grader, cfg.max_new_tokens, cfg.batch_size, label)
+        results = {label: evaluate_model(path, val, grader, cfg.max_new_tokens, cfg.batch_size, label,
+                                         cfg.pass_threshold)
                    for label, path in (("sft", paths.SFT_MODEL), ("ppo", paths.PPO_MODEL))}
         report = {label: res.metrics for label, res in results.items()}
         report["gain"] = {
-            "accuracy": report["ppo"]["accuracy"] - report["sft"]["accuracy"],
+            "pass_rate": report["ppo"]["pass_rate"] - report["sft"]["pass_rate"],
             "mean_score": report["ppo"]["mean_score"] - report["sft"]["mean_score"],
         }
         write_json(paths.EVAL_METRICS, report)
@@ -40,8 +41,8 @@ def run(params: Params, _args) -> None:
         if cfg.num_logged_samples:
             run_log.log_table([row for res in results.values() for row in res.rows[: cfg.num_logged_samples]],
                               "eval/samples.json")
-    print(f"evaluate: SFT accuracy {report['sft']['accuracy']:.3f} (score {report['sft']['mean_score']:.3f}), "
-          f"RL accuracy {report['ppo']['accuracy']:.3f} (score {report['ppo']['mean_score']:.3f})")
+    print(f"evaluate: SFT pass rate {report['sft']['pass_rate']:.3f} (score {report['sft']['mean_score']:.3f}), "
+          f"RL pass rate {report['ppo']['pass_rate']:.3f} (score {report['ppo']['mean_score']:.3f})")
 
 
 if __name__ == "__main__":

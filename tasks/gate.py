@@ -19,8 +19,8 @@ def run(params: Params, _args) -> None:
     val_md5 = file_md5(paths.VAL)
     champion = champion_info(cfg.registered_model_name)
     # compare with the champion only when it was measured on the very same held-out file
-    champion_acc = champion["accuracy"] if champion and champion.get("val_md5") == val_md5 else None
-    decision = decide(eval_metrics, cfg, champion_acc)
+    champion_pass = champion.get("pass_rate") if champion and champion.get("val_md5") == val_md5 else None
+    decision = decide(eval_metrics, cfg, champion_pass)
     registered = None
     with stage_run("gate", {"gate": cfg.model_dump()}) as run_log:
         run_log.log_metrics({f"gate/{r['name']}_margin": r["margin"] for r in decision["rules"]})
@@ -29,7 +29,7 @@ def run(params: Params, _args) -> None:
         if decision["passed"]:
             registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name,
                                            params.data.prompt_template,
-                                           tags={"val_md5": val_md5, "accuracy": eval_metrics["ppo"]["accuracy"]},
+                                           tags={"val_md5": val_md5, "pass_rate": eval_metrics["ppo"]["pass_rate"]},
                                            max_new_tokens=params.evaluate.max_new_tokens)
         decision["registered"] = registered
         write_json(paths.GATE_METRICS, decision)

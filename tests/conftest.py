@@ -68,5 +68,5 @@ sft: {epochs: 1, batch_size: 8, max_steps: 3, logging_steps: 1, lr: 1.0e-3}
 ppo: {algorithm: ppo, steps: 2, questions_per_step: 4, samples_per_question: 2, minibatch_size: 4, ppo_epochs: 1,
       max_new_tokens: 12, checkpoint_every: 1}
 evaluate: {max_new_tokens: 12, batch_size: 12, num_logged_samples: 3}
-gate: {min_accuracy: 0.0, min_gain: -1.0}
+gate: {min_pass_rate: 0.0, min_gain: -1.0}
 """

@@ -5,24 +5,25 @@ import pytest
 from reftflow.config import GateConfig
 from reftflow.gate import decide, report_markdown
 
-EVAL = {"sft": {"accuracy": 0.40, "mean_score": 0.5}, "ppo": {"accuracy": 0.46, "mean_score": 0.55},
-        "gain": {"accuracy": 0.06, "mean_score": 0.05}}
+EVAL = {"sft": {"pass_rate": 0.40, "mean_score": 0.5}, "ppo": {"pass_rate": 0.46, "mean_score": 0.55},
+        "gain": {"pass_rate": 0.06, "mean_score": 0.05}}
 
 
 def test_all_rules_pass():
-    d = decide(EVAL, GateConfig(min_accuracy=0.4, min_gain=0.05, min_score=0.5))
+    d = decide(EVAL, GateConfig(min_pass_rate=0.4, min_gain=0.05, min_score=0.5))
     assert d["decision"] == "pass"
     margins = {r["name"]: r["margin"] for r in d["rules"]}
-    assert margins["min_accuracy"] == pytest.approx(0.06)
+    assert margins["min_pass_rate"] == pytest.approx(0.06)
     assert margins["min_gain"] == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(
     "cfg, failing",
     [
-        (GateConfig(min_accuracy=0.5), "min_accuracy"),  # PPO too weak in absolute terms
+        (GateConfig(min_pass_rate=0.5), "min_pass_rate"),  # PPO too weak in absolute terms
         (GateConfig(min_gain=0.1), "min_gain"),  # PPO did not improve enough over SFT
         (GateConfig(min_score=0.6), "min_score"),  # mean grader score too low
+        (GateConfig(min_score_gain=0.1), "min_score_gain"),  # partial credit did not rise enough
     ],
 )
 def test_one_failing_rule_fails_the_gate(cfg, failing):
@@ -32,8 +33,8 @@ def test_one_failing_rule_fails_the_gate(cfg, failing):
 
 
 def test_no_regression_against_champion():
-    assert decide(EVAL, GateConfig(), champion_accuracy=0.5)["decision"] == "fail"
-    assert decide(EVAL, GateConfig(), champion_accuracy=0.46)["decision"] == "pass"  # ties are not regressions
+    assert decide(EVAL, GateConfig(), champion_pass_rate=0.5)["decision"] == "fail"
+    assert decide(EVAL, GateConfig(), champion_pass_rate=0.46)["decision"] == "pass"  # ties are not regressions
 
 
 def test_report_names_each_rule_and_outcome():

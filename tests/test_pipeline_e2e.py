@@ -46,7 +46,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
                 "data/predictions/val.jsonl", "plots/sft_loss.csv", "plots/ppo_curve.csv", "dvc.lock"]:
         assert (project / rel).exists(), rel
     ev = json.loads((project / "metrics/eval.json").read_text())
-    assert 0.0 <= ev["sft"]["accuracy"] <= 1.0 and ev["sft"]["samples"] == 12
+    assert 0.0 <= ev["sft"]["pass_rate"] <= 1.0 and ev["sft"]["samples"] == 12
     gate = json.loads((project / "metrics/gate.json").read_text())
     assert gate["decision"] == "pass" and gate["registered"]["alias"] == "champion"
 
@@ -105,7 +105,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     # an entropy bonus changes the weights even when every tiny-model sample scores 0 (a changed lr
     # alone may not: zero advantages give zero gradients, and DVC rightly skips evaluate then)
     params["ppo"]["ent_coef"] = 0.01
-    params["gate"]["min_accuracy"] = 1.0  # the tiny model cannot reach it
+    params["gate"]["min_pass_rate"] = 1.0  # the tiny model cannot reach it
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     summary = pipeline(project_dir=str(project), run_name="ppo-change")
     assert summary["ran"] == {"prepare": False, "sft": False, "ppo": True, "evaluate": True, "gate": True}
