@@ -169,7 +169,7 @@ def check_project(project_dir: str | Path) -> dict:
         for key in stage.get("params", []):
             if isinstance(key, str) and key.split(".")[0] not in raw:
                 raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads it)")
-    build_grader(params.grader, base_dir=project).close()
+    build_grader(params.grader, base_dir=project, response_format=params.response_format).close()
     refresh_digests(project)
     return params.model_dump()
 

@@ -45,7 +45,7 @@ class DataConfig(_Section):
     task: Literal["arithmetic", "genes"] = "arithmetic"
     """synthetic source only: which built-in task. arithmetic: the word problems (reftflow/data/synthetic.py,
     sized by min_ops/max_ops/max_operand); genes: rare-disease cases, rank the causal gene from the symptoms
-    (reftflow/data/genes.py; grade with `ranked_list`, examples/genes/params.yaml)."""
+    (reftflow/data/genes.py; grade with `ranked_list`, reftflow/examples/genes/params.yaml)."""
     path: str | None = None
     """file source: the training items (docs/data.md has the formats)."""
     val_path: str | None = None
@@ -217,6 +217,9 @@ class Params(_Section):
     gate: GateConfig = GateConfig()
     grader: dict[str, Any] | str = Field(default_factory=lambda: copy.deepcopy(DEFAULT_GRADER))
     """a grader object (see reftflow.graders) or a path to a JSON/YAML file holding one."""
+    response_format: dict[str, Any] | None = None
+    """answers must be JSON matching this (OpenAI's {type: json_schema, json_schema: {name, schema}} or
+    {type: json_object}); one that does not scores 0 and counts as a parse error."""
 
 
 class _Loader(yaml.SafeLoader):

@@ -37,7 +37,8 @@ def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new
     metrics = {
         "pass_rate": sum(1 for row in rows if row["score"] >= min(pass_threshold, FULL_MARKS)) / n,
         "mean_score": sum(row["score"] for row in rows) / n,
-        "grader_errors": float(sum(1 for row in rows if row["error"])),
+        "grader_errors": float(sum(1 for row, res in zip(rows, results) if row["error"] and not res.parse_error)),
+        "parse_errors": float(sum(1 for res in results if res.parse_error)),
         "samples": float(len(rows)),
     }
     return EvalResult(metrics, rows)

@@ -118,8 +118,8 @@ class RAFTTrainer:
         ro = generation.sample(self.model, self.tokenizer, [self._prompt_tokens[i] for i in questions for _ in range(K)],
                                cfg.max_new_tokens, cfg.temperature, group_size=K).trimmed(8)
         t_generate = time.perf_counter() - t_step
-        scores, errors = grade(self.grader, ro.texts, [self._items[i] for i in questions for _ in range(K)])
-        keep = accepted_rows(ro.texts, scores, K, cfg.raft.max_per_question)
+        graded = grade(self.grader, ro.texts, [self._items[i] for i in questions for _ in range(K)])
+        keep = accepted_rows(ro.texts, graded.scores, K, cfg.raft.max_per_question)
         lr = self.scheduler.get_last_lr()[0]
         t0 = time.perf_counter()
         losses = self._fine_tune(step, ro, keep)
@@ -128,7 +128,7 @@ class RAFTTrainer:
         self.step = step
         t_total = time.perf_counter() - t_step
         episodes = len(ro.texts)
-        metrics = {k: float(v) for k, v in reward_metrics(scores, errors).items()}
+        metrics = {k: float(v) for k, v in reward_metrics(graded).items()}
         metrics.update({
             "step": step, "rl/lr": lr, "rl/episodes": episodes, "rl/episodes_per_s": episodes / t_total,
             "rl/response_length": float(ro.response_mask.sum(1).mean()),

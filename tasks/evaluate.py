@@ -21,7 +21,7 @@ def run(params: Params, _args) -> None:
     val = read_records(paths.VAL)
     if cfg.max_samples:
         val = val[: cfg.max_samples]
-    grader = build_grader(params.grader, item_fields=common_fields(val))
+    grader = build_grader(params.grader, item_fields=common_fields(val), response_format=params.response_format)
     with grader, stage_run("evaluate", {"evaluate": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.VAL, "val", context="evaluation")
         results = {label: evaluate_model(path, val, grader, cfg.max_new_tokens, cfg.batch_size, label,

@@ -91,7 +91,7 @@ def run(params: Params, args) -> None:
 
     cfg = params.ppo
     records = read_records(paths.TRAIN)
-    grader = build_grader(params.grader, item_fields=common_fields(records))
+    grader = build_grader(params.grader, item_fields=common_fields(records), response_format=params.response_format)
     ckpt = checkpoint_dir(params)
     with grader, stage_run("ppo", {"seed": params.seed, "ppo": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.TRAIN, "train", context="training")

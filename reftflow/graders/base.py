@@ -34,6 +34,8 @@ class GradeResult:
     """score of each named (sub-)grader; a leaf grader reports its own name."""
     error: str | None = None
     """one line saying why the sample scored 0 because the grader failed; None when it ran."""
+    parse_error: bool = False
+    """the answer did not have the required `response_format`: it scored 0 before any grader saw it."""
 
 
 def checked_score(value: Any) -> float:

@@ -69,11 +69,13 @@ def load_grader_spec(spec: dict | str | Path, base_dir: Path | None = None) -> d
     return data
 
 
-def build_grader(spec: dict | str | Path, item_fields: set[str] | None = None, base_dir: Path | None = None) -> Grader:
+def build_grader(spec: dict | str | Path, item_fields: set[str] | None = None, base_dir: Path | None = None,
+                 response_format: dict | None = None) -> Grader:
     """Validate a grader object fully and build it; GraderConfigError (one line) on any problem.
 
     item_fields: the field names items have (e.g. {"id", "question", "answer", "reasoning"}); when given, a
     template naming another item field is refused here rather than failing on every sample.
+    response_format: when given, answers must be JSON matching it first (`response_format.py`).
     """
     raw = load_grader_spec(spec, base_dir)
     name = raw.get("name")
@@ -84,7 +86,12 @@ def build_grader(spec: dict | str | Path, item_fields: set[str] | None = None, b
     from reftflow.graders.pool import PoolRegistry
 
     ctx = BuildContext(name, (), None if item_fields is None else set(item_fields), PoolRegistry())
-    return ctx.build(raw)
+    if response_format is None:
+        return ctx.build(raw)
+    from reftflow.graders.response_format import ResponseFormatGrader, parse_response_format
+
+    schema = parse_response_format(response_format)
+    return ResponseFormatGrader(ctx.build(raw), schema)
 
 
 class BuildContext:

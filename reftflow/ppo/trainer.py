@@ -39,7 +39,7 @@ from reftflow.ppo.core import compute_advantages, kl_penalty, masked_mean, polic
 from reftflow.ppo.value_head import PolicyWithValue
 from reftflow.prompting import render_prompt
 from reftflow.rl import TrainingDiverged, checkpoint
-from reftflow.rl.rewards import grade, reward_metrics
+from reftflow.rl.rewards import Graded, grade, reward_metrics
 from reftflow.rl.schedule import QuestionSchedule, mix
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ class Batch:
     old_logp: torch.Tensor
     old_values: torch.Tensor
     scores: torch.Tensor
-    """(B,) grader scores."""
-    errors: torch.Tensor
-    """(B,) 1 where the grader failed on the sample."""
+    """(B,) grader scores, on the device."""
+    graded: Graded
+    """the grader's full account of the samples (errors, parse errors, sub-scores), on the CPU."""
 
     @property
     def response_length(self) -> int:
@@ -198,13 +198,14 @@ class PPOTrainer:
         ro = generation.sample(self.policy, self.tokenizer, [self._prompt_tokens[i] for i in questions for _ in range(K)],
                                self.cfg.max_new_tokens, self.cfg.temperature, group_size=K)
         t_generate = time.perf_counter() - t0
-        scores, errors = grade(self.grader, ro.texts, [self._items[i] for i in questions for _ in range(K)])
+        graded = grade(self.grader, ro.texts, [self._items[i] for i in questions for _ in range(K)])
+        scores = graded.scores
         self._guard(torch.isfinite(scores).all(), step, "reward", f"grader returned {scores.tolist()[:8]}...")
         # shapes rounded to a multiple of 8: few distinct shapes reach the model
         ro = ro.trimmed(8)
         batch = Batch(ro.input_ids().to(device), ro.attention_mask().to(device), ro.response_ids.to(device),
                       ro.response_mask.to(device), ro.logprobs.to(device), ro.values.to(device), scores.to(device),
-                      errors.to(device))
+                      graded)
         return batch, t_generate
 
     def _minibatch_questions(self) -> int:
@@ -276,7 +277,7 @@ class PPOTrainer:
         """This step's metrics, averaged over processes."""
         seq_kl, mask = kl.sum(1), batch.mask
         local = {k: torch.stack(v).mean() for k, v in stats.items()}
-        local.update(reward_metrics(batch.scores.cpu(), batch.errors.cpu()))
+        local.update(reward_metrics(batch.graded))
         local.update({
             "rl/kl": seq_kl.mean(),
             "ppo/kl_coef_x_kl": self.cfg.kl_coef * seq_kl.mean(),
