@@ -49,7 +49,7 @@ def rl_step_metrics(chunk: list[dict[str, float]], cfg: PPOConfig, grader_name: 
     episodes = cfg.questions_per_step * cfg.samples_per_question
     timing = {} if step_s is None else {"time/step_s": step_s,
                                         "rl/episodes_per_s": episodes / step_s if step_s > 0 else float("nan")}
-    return {**timing, "rl/reward_mean": mean.get("reward", float("nan")),
+    return {**timing, "train_reward_mean": mean.get("reward", float("nan")),
             "rl/accuracy": mean.get(f"{grader_name}/accuracy", float("nan")),
             "rl/grader_error_rate": mean.get(f"{grader_name}/error_rate", float("nan")),
             "rl/reward_std": mean.get("reward_std", float("nan")), "rl/kl": mean.get("kl", 0.0),

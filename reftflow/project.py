@@ -48,7 +48,7 @@ STAGES: dict[str, dict[str, Any]] = {
     "ppo": {"deps": ["models/sft", "data/prepared/train.jsonl", "data/prepared/val.jsonl"],
             "params": ["seed", "ppo", "grader", "response_format"], "outs": ["models/ppo"],
             "metrics": [{"metrics/ppo.json": {"cache": False}}],
-            "plots": [{"plots/ppo_curve.csv": {"x": "step", "y": "reward_mean", "cache": False}}]},
+            "plots": [{"plots/ppo_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},
     "evaluate": {"deps": ["models/sft", "models/ppo", "data/prepared/val.jsonl"],
                  "params": ["evaluate", "grader", "response_format"],
                  "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},

@@ -13,7 +13,7 @@ from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
 
-CURVE_KEYS = ["reward_mean", "valid_reward_mean", "accuracy", "kl", "ppo_value_loss", "entropy", "ppo_clipfrac",
+CURVE_KEYS = ["train_reward_mean", "valid_reward_mean", "accuracy", "kl", "ppo_value_loss", "entropy", "ppo_clipfrac",
               "raft_kept"]
 """the panels of plots/rl_curves.png (an algorithm that does not report one skips it)."""
 
@@ -40,7 +40,7 @@ def relaunch(n: int, params_file: str) -> int:
 
 
 def curve_row(metrics: dict[str, float]) -> dict[str, float]:
-    """A metrics dict as a CSV row: `rl/reward_mean` → `reward_mean`, `ppo/clipfrac` → `ppo_clipfrac`."""
+    """A metrics dict as a CSV row: `rl/kl` → `kl`, `ppo/clipfrac` → `ppo_clipfrac`."""
     return {"step": int(metrics["step"]), **{k.removeprefix("rl/").replace("/", "_"): v
                                              for k, v in metrics.items() if k != "step"}}
 
@@ -74,7 +74,8 @@ def train(algo, cfg, val, grader, run_log) -> list[dict[str, float]]:
                 metrics = {**metrics, **validate(algo, val, grader, cfg)}
             run_log.log_metrics(metrics, step=step)
             curve.append(curve_row(metrics))
-            bar.set_postfix({k: f"{metrics[f'rl/{k}']:.3f}" for k in ("reward_mean", "kl") if f"rl/{k}" in metrics})
+            bar.set_postfix({k: f"{metrics[key]:.3f}" for k, key in (("reward", "train_reward_mean"), ("kl", "rl/kl"))
+                             if key in metrics})
             bar.update(1)
     return curve
 
@@ -121,7 +122,7 @@ def run(params: Params, args) -> None:
     if algo.stop_reason:
         print(f"ppo: stopped early: {algo.stop_reason}")
     last = curve[-1] if curve else {}
-    print(f"ppo ({cfg.algorithm}): {len(curve)} steps, last reward {last.get('reward_mean', float('nan')):.3f}, "
+    print(f"ppo ({cfg.algorithm}): {len(curve)} steps, last reward {last.get('train_reward_mean', float('nan')):.3f}, "
           f"sample accuracy {last.get('accuracy', float('nan')):.3f}")
 
 

@@ -62,7 +62,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     sft_loss = client.get_metric_history(children["sft"].info.run_id, "sft/loss")
     assert [m.step for m in sft_loss] == [1, 2, 3]
     ppo_id = children["ppo"].info.run_id
-    for key in ["rl/reward_mean", "rl/accuracy", "rl/kl", "ppo/value_loss", "ppo/clipfrac", "rl/entropy"]:
+    for key in ["train_reward_mean", "rl/accuracy", "rl/kl", "ppo/value_loss", "ppo/clipfrac", "rl/entropy"]:
         assert [m.step for m in client.get_metric_history(ppo_id, key)] == [1, 2], key
 
     # dataset inputs carry DVC's md5 of the prepared data

@@ -34,7 +34,7 @@ def test_ppo_stage_runs_on_two_processes(tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="tags.`reftflow.stage` = 'ppo'")
     assert len(runs) == 1  # one process logs
-    history = client.get_metric_history(runs[0].info.run_id, "rl/reward_mean")
+    history = client.get_metric_history(runs[0].info.run_id, "train_reward_mean")
     assert [m.step for m in history] == [1, 2]
 
 
@@ -56,5 +56,5 @@ def test_raft_the_default_algorithm_runs_through_the_stage(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     run = client.search_runs([e.experiment_id for e in client.search_experiments()],
                              filter_string="tags.`reftflow.stage` = 'ppo'")[0]
-    for key in ("rl/reward_mean", "raft/kept", "valid_reward_mean", "valid_pass_rate"):
+    for key in ("train_reward_mean", "raft/kept", "valid_reward_mean", "valid_pass_rate"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key

@@ -8,8 +8,8 @@ advantage estimator from a registry.
     algo.stop_reason                  # None, or why training stopped before cfg.steps
     algo.lm, algo.tokenizer           # the causal LM being trained, to evaluate between steps
 
-Every algorithm yields `step` and the `COMMON_METRICS` keys each step, plus its own under its prefix
-(`ppo/`, `grpo/`, `raft/`). A new algorithm is one module with a class taking the arguments of
+Every algorithm yields `step` and the `COMMON_METRICS` keys each step (`train_reward_mean` is hosted
+RFT's name; the rest are `rl/`), plus its own under its prefix (`ppo/`, `grpo/`, `raft/`). A new algorithm is one module with a class taking the arguments of
 `build_algorithm`, and one `ALGORITHMS` entry.
 """
 
@@ -28,7 +28,7 @@ ALGORITHMS: dict[str, str] = {
     "raft": "reftflow.raft:RAFTTrainer",  # rejection sampling + fine-tuning on the accepted samples
 }
 
-COMMON_METRICS = ("rl/reward_mean", "rl/accuracy", "rl/grader_error_rate", "rl/lr", "rl/episodes_per_s",
+COMMON_METRICS = ("train_reward_mean", "rl/accuracy", "rl/grader_error_rate", "rl/lr", "rl/episodes_per_s",
                   "time/step_s")
 """What every algorithm yields each step (with `step`): the curves the stage plots and the
 benchmarks compare."""

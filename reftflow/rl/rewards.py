@@ -39,7 +39,7 @@ def reward_metrics(graded: Graded) -> dict[str, torch.Tensor]:
     lacked the response format, and each sub-grader's mean."""
     scores = graded.scores
     return {
-        "rl/reward_mean": scores.mean(),
+        "train_reward_mean": scores.mean(),
         "rl/reward_std": scores.std() if scores.numel() > 1 else torch.zeros(()),
         "rl/accuracy": (scores >= FULL_MARKS).float().mean(),
         "rl/grader_error_rate": graded.errors.mean(),
