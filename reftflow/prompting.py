@@ -42,6 +42,11 @@ def render_messages(messages: list[dict[str, Any]], tokenizer=None) -> str:
     return "".join(f"{m['role']}: {message_text(m)}\n" for m in messages) + "assistant:"
 
 
+def count_too_long(tokenizer, texts: list[str], limit: int) -> int:
+    """How many of `texts` are longer than `limit` tokens: counted and reported, never cut silently."""
+    return sum(len(ids) > limit for ids in tokenizer(list(texts))["input_ids"]) if texts else 0
+
+
 def render_prompt(record: Record, tokenizer=None) -> str:
     """What the model sees before it answers `record`."""
     if record.messages is not None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from reftflow.config import ModelConfig, SFTConfig
 from reftflow.data.records import Record
-from reftflow.prompting import render_prompt
+from reftflow.prompting import count_too_long, render_prompt
 
 
 def sft_examples(records: list[Record], tokenizer=None) -> list[dict[str, str]]:
@@ -36,7 +36,8 @@ def train_sft(
 
     `on_log(step, metrics)` receives the trainer's periodic logs (loss, lr, ...): the caller logs them.
     `init_from` continues from a saved model instead of `model_cfg`'s; `time_limit_s` stops training
-    after that much wall time (the benchmark's time-matched "SFT continued" arm).
+    after that much wall time (the benchmark's time-matched "SFT continued" arm). `too_long` counts the
+    examples longer than `model.max_length` tokens, which TRL truncates.
     """
     import shutil
     import tempfile
@@ -51,6 +52,7 @@ def train_sft(
     examples = sft_examples(records, tokenizer)
     if not examples:
         raise ValueError("no training item has a reference completion: nothing for SFT to imitate")
+    too_long = count_too_long(tokenizer, [e["prompt"] + e["completion"] for e in examples], model_cfg.max_length)
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
     started: list[float] = []
 
@@ -79,7 +81,8 @@ def train_sft(
         shutil.rmtree(work, ignore_errors=True)
     return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
-            "global_steps": float(result.global_step), "parameters": float(count_parameters(model))}
+            "global_steps": float(result.global_step), "parameters": float(count_parameters(model)),
+            "too_long": float(too_long)}
 
 
 def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int):

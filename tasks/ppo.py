@@ -59,6 +59,20 @@ def validate(algo, val, grader, cfg) -> dict[str, float]:
             "valid_pass_rate": sum(s >= FULL_MARKS for s in scores) / len(scores)}
 
 
+def report_too_long(algo, records, cfg, run_log) -> None:
+    """Prompts that leave no room for `max_new_tokens` in the model's context: counted and said, not cut."""
+    from reftflow.prompting import count_too_long, render_prompt
+
+    context = getattr(algo.lm.config, "max_position_embeddings", None)
+    if not context:
+        return
+    n = count_too_long(algo.tokenizer, [render_prompt(r, algo.tokenizer) for r in records], context - cfg.max_new_tokens)
+    run_log.log_metrics({"rl/prompts_too_long": n})
+    if n:
+        print(f"ppo: warning: {n} of {len(records)} prompts leave fewer than ppo.max_new_tokens={cfg.max_new_tokens} "
+              f"tokens of the model's {context}-token context", file=sys.stderr)
+
+
 def train(algo, cfg, val, grader, run_log) -> list[dict[str, float]]:
     """The stage's loop: log every step's metrics (and the validation ones every `eval_interval`
     steps), show a progress bar, return the curve."""
@@ -98,6 +112,7 @@ def run(params: Params, args) -> None:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
         algo = build_algorithm(cfg.algorithm, paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed,
                                checkpoint_dir=ckpt, torch_threads=params.model.torch_threads)
+        report_too_long(algo, records, cfg, run_log)
         try:
             curve = train(algo, cfg, read_records(paths.VAL) if cfg.eval_interval else [], grader, run_log)
         except TrainingDiverged as e:

@@ -50,6 +50,9 @@ def run(params: Params, _args) -> None:
         run_log.log_artifact(paths.SFT_MODEL, "model")
     print(f"sft: {int(summary['train_examples'])} worked examples, {int(summary['global_steps'])} steps, "
           f"final loss {curve[-1]['loss'] if curve else float('nan'):.3f}")
+    if summary["too_long"]:
+        print(f"sft: warning: {int(summary['too_long'])} examples are longer than model.max_length="
+              f"{params.model.max_length} tokens and were truncated (raise model.max_length or shorten them)")
 
 
 def pass_through(params: Params, run_log) -> None:

@@ -56,3 +56,16 @@ def test_no_reference_completions_pass_the_base_model_through(tmp_path):
     assert (project / "models/sft/config.json").exists()
     report = json.loads((project / "metrics/prepare.json").read_text())
     assert report["train_worked"] == 0 and report["train_answer_only"] == 24
+
+
+def test_sft_examples_longer_than_the_context_are_counted_not_hidden(tmp_path):
+    from reftflow.config import ModelConfig, SFTConfig
+    from reftflow.data.synthetic import generate
+    from reftflow.sft import train_sft
+
+    records = generate(6, seed=0)
+    texts = [render_prompt(r) + r.completion for r in records]  # one character is one token here
+    limit = sorted(len(t) for t in texts)[3]  # the 2 longest examples do not fit
+    cfg = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=limit)
+    summary = train_sft(records, cfg, SFTConfig(max_steps=1, batch_size=2), tmp_path / "m", seed=0)
+    assert summary["too_long"] == sum(len(t) > limit for t in texts) == 2
