@@ -10,7 +10,7 @@ Every run reads the regime from params.yaml (or --params), changed by JSON overr
 (--data, --model, --sft, --ppo), on the split of --data-seed (101: the dev split; the benchmark's
 table uses 0, so tuning here never sees its held-out questions). Models go to --workdir by name, so
 later runs start from a named warm-up. Each result prints one line and is appended as JSON to
-<workdir>/probe.jsonl. "greedy" is held-out greedy accuracy.
+<workdir>/probe.jsonl. "greedy" is held-out greedy accuracy (full marks), "mean_score" the mean grader score.
 
   warm  SFT from scratch on the worked items.
   sft   SFT continued from --warm for --seconds (a time limit; --sft sets the schedule's steps).
@@ -89,9 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     def grade(texts, items):
         return [r.score for r in grader.grade_many(texts, items)]
 
-    def greedy(lm, tok) -> float:
+    def greedy(lm, tok) -> dict[str, float]:
+        """Held-out greedy accuracy (full marks) and mean grader score."""
         outs = generate_greedy(lm, tok, [render_prompt(r, tok) for r in val], ppo_cfg.max_new_tokens, 100)
-        return sum(s >= 1.0 for s in grade(outs, [r.item for r in val])) / len(val)
+        scores = grade(outs, [r.item for r in val])
+        return {"greedy": sum(s >= 1.0 for s in scores) / len(val), "mean_score": sum(scores) / len(val)}
 
     def record(**fields) -> dict:
         row = {"mode": args.mode, "name": args.name, "warm": args.warm, "data_seed": args.data_seed,
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mode == "warm":
         s = train_sft(train, model_cfg, sft_cfg, out_dir, seed=args.data_seed)
         return record(worked=report["train_worked"], steps=int(s["global_steps"]), train_s=s["wall_s"],
-                      greedy=greedy(*load_model(out_dir)))
+                      **greedy(*load_model(out_dir)))
 
     if args.mode == "ppo":
         from reftflow.rl import build_algorithm
@@ -118,13 +120,13 @@ def main(argv: list[str] | None = None) -> dict:
             train_s = time.perf_counter() - t0 - eval_s
             if m["step"] % args.eval_every == 0 or train_s >= args.seconds:
                 t = time.perf_counter()
-                acc = greedy(trainer.lm, trainer.tokenizer)
+                held_out = greedy(trainer.lm, trainer.tokenizer)
                 eval_s += time.perf_counter() - t
 
                 def mean(k):
                     return sum(x[k] for x in window) / len(window)
 
-                row = record(step=int(m["step"]), train_s=train_s, greedy=acc, sample=mean("rl/accuracy"),
+                row = record(step=int(m["step"]), train_s=train_s, **held_out, sample=mean("rl/accuracy"),
                              kl=mean("rl/kl") if "rl/kl" in m else None,
                              entropy=mean("rl/entropy") if "rl/entropy" in m else None,
                              episodes_per_s=mean("rl/episodes_per_s"))
@@ -160,10 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
                       time_limit_s=args.seconds)
         return record(sample_accuracy=correct / (K * len(train)), pass_at_4=solved / len(train), added=len(extra),
                       sample_s=sample_s, steps=int(s["global_steps"]), train_s=s["wall_s"],
-                      greedy=greedy(*load_model(out_dir)))
+                      **greedy(*load_model(out_dir)))
 
     s = train_sft(train, model_cfg, sft_cfg, out_dir, seed=args.seed, init_from=warm, time_limit_s=args.seconds)
-    return record(steps=int(s["global_steps"]), train_s=s["wall_s"], greedy=greedy(*load_model(out_dir)))
+    return record(steps=int(s["global_steps"]), train_s=s["wall_s"], **greedy(*load_model(out_dir)))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ import dataclasses
 import random
 
 from reftflow.config import DataConfig
+from reftflow.data import genes
 from reftflow.data.formats import dedupe, load_data_file, load_hf_dataset, load_sft_file, prompt_key
 from reftflow.data.records import DataError, Record
 from reftflow.data.synthetic import generate
 
 
 def _load(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record] | None]:
+    if cfg.source == "synthetic" and cfg.task == "genes":
+        return genes.generate(cfg.num_train + cfg.num_val, seed), None
     if cfg.source == "synthetic":
         return generate(cfg.num_train + cfg.num_val, seed, cfg.min_ops, cfg.max_ops, cfg.max_operand), None
     if cfg.source in ("file", "jsonl"):
@@ -39,11 +42,16 @@ def with_prompts(records: list[Record], template: str) -> list[Record]:
 
 def _keep_worked_fraction(train: list[Record], fraction: float, rng: random.Random) -> list[Record]:
     """Synthetic tasks only: keep the worked solution on a seeded subset (the realistic RFT setting:
-    SFT learns from worked items, RL from every question); real data keeps all of its own."""
+    SFT learns from worked items, RL from every question); real data keeps all of its own. An item
+    that carries its worked steps as a field (the arithmetic task's `reasoning`) loses them too."""
     worked = {r.id for r in train if r.completion}
     keep = set(rng.sample(sorted(worked), round(fraction * len(worked)))) if worked else set()
-    return [r if r.id in keep else dataclasses.replace(r, completion=None, item={**r.item, "reasoning": None})
-            for r in train]
+
+    def answer_only(r: Record) -> Record:
+        item = {**r.item, "reasoning": None} if "reasoning" in r.item else r.item
+        return dataclasses.replace(r, completion=None, item=item)
+
+    return [r if r.id in keep else answer_only(r) for r in train]
 
 
 def build_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record], dict[str, float]]:
