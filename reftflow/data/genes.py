@@ -116,16 +116,6 @@ def worked_completion(ranked: list[str]) -> str:
 
 def generate(n: int, seed: int) -> list[Record]:
     """n distinct cases, identical for the same arguments (one private RNG, no global state)."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[Record] = []
-    attempts = 0
-    while len(out) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
-            raise ValueError(f"cannot generate {n} distinct gene cases")
-        rec = make_case(rng, len(out))
-        if rec is not None and rec.item["case"] not in seen:
-            seen.add(rec.item["case"])
-            out.append(rec)
-    return out
+    from reftflow.data.synthetic import distinct
+
+    return distinct(n, seed, make_case, "case", "gene cases")

@@ -8,6 +8,7 @@ the character-level default model fast while still needing multi-step reasoning.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 from reftflow.data.records import Record
 
@@ -50,8 +51,10 @@ def worked_completion(reasoning: str, answer: str) -> str:
     return f" {reasoning} #### {answer}"
 
 
-def generate(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20) -> list[Record]:
-    """n distinct problems, identical for the same arguments (one private RNG, no global state)."""
+def distinct(n: int, seed: int, make: Callable[[random.Random, int], Record | None], key: str, what: str
+             ) -> list[Record]:
+    """n records from `make(rng, index)` whose `item[key]` differ, identical for the same arguments (one
+    private RNG, no global state); `make` may return None for a draw it rejects."""
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[Record] = []
@@ -59,9 +62,15 @@ def generate(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand:
     while len(out) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(f"cannot generate {n} distinct problems with max_operand={max_operand}")
-        rec = make_problem(rng, len(out), min_ops, max_ops, max_operand)
-        if rec.item["question"] not in seen:
-            seen.add(rec.item["question"])
+            raise ValueError(f"cannot generate {n} distinct {what}")
+        rec = make(rng, len(out))
+        if rec is not None and rec.item[key] not in seen:
+            seen.add(rec.item[key])
             out.append(rec)
     return out
+
+
+def generate(n: int, seed: int, min_ops: int = 1, max_ops: int = 3, max_operand: int = 20) -> list[Record]:
+    """n distinct problems, identical for the same arguments."""
+    return distinct(n, seed, lambda rng, i: make_problem(rng, i, min_ops, max_ops, max_operand), "question",
+                    f"problems with max_operand={max_operand}")
