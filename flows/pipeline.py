@@ -31,7 +31,7 @@ from prefect.states import Failed, State
 if TYPE_CHECKING:
     from reftflow.stage import StageReport
 
-STAGES = ("prepare", "sft", "ppo", "evaluate", "gate")
+STAGES = ("prepare", "base", "sft", "ppo", "evaluate", "gate")
 EXIT_BAD_INPUT = 2  # reftflow.stage.EXIT_BAD_INPUT: retrying a bad input cannot help
 EXIT_INTERRUPTED = 130  # reftflow.stage.EXIT_INTERRUPTED: someone stopped it on purpose
 
@@ -124,7 +124,7 @@ def _outcome(stage: str, code: int, report: StageReport | None, output: str) -> 
 
 # ppo resumes from its last checkpoint, so a retry there continues rather than restarts; gate's
 # registry writes can hit a locked SQLite store. Bad input (exit 2) is returned, never retried.
-_RETRIES = {"prepare": 1, "sft": 0, "ppo": 1, "evaluate": 1, "gate": 2}
+_RETRIES = {"prepare": 1, "base": 1, "sft": 0, "ppo": 1, "evaluate": 1, "gate": 2}
 
 
 @task(task_run_name="{stage}", retry_condition_fn=_retry_unless_final, retry_delay_seconds=5)
@@ -167,11 +167,21 @@ def check_project(project_dir: str | Path) -> dict:
     raw = read_yaml(project / "params.yaml") or {}
     for name, stage in (read_yaml(project / "dvc.yaml") or {}).get("stages", {}).items():
         for key in stage.get("params", []):
-            if isinstance(key, str) and key.split(".")[0] not in raw:
-                raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads it)")
+            if isinstance(key, str) and not _has_key(raw, key):
+                raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads "
+                                  "it; write it out, with its default if that is what you want)")
     build_grader(params.grader, base_dir=project, response_format=params.response_format).close()
     refresh_digests(project)
     return params.model_dump()
+
+
+def _has_key(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 validate = task(check_project, task_run_name="validate-params")

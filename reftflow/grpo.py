@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from reftflow.config import PPOConfig
+from reftflow.config import ModelConfig, PPOConfig
 from reftflow.data.records import Record
 from reftflow.graders.reward_fn import ITEM_COLUMN
 from reftflow.prompting import render_prompt
@@ -62,17 +62,20 @@ class GRPOAlgorithm:
     accepted and ignored): a killed GRPO run starts over."""
 
     def __init__(self, policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader, out_dir: str | Path,
-                 seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0):
+                 seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0,
+                 model_cfg: ModelConfig | None = None):
         import tempfile
 
-        import torch
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
         from reftflow.graders import as_reward_function
-        from reftflow.modeling import load_model, set_threads
+        from reftflow.lora import peft_config
+        from reftflow.modeling import load_model, select_device, set_threads
 
-        set_threads(torch_threads)
+        model_cfg = model_cfg or ModelConfig()
+        device = select_device(model_cfg.device)
+        set_threads(torch_threads, device)
         self.cfg, self.out_dir, self.stop_reason = cfg, Path(out_dir), None
         model, self.tokenizer = load_model(policy_path)
         sizes = grpo_sizes(cfg)
@@ -102,13 +105,16 @@ class GRPOAlgorithm:
             report_to="none",
             seed=seed,
             data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
+            use_cpu=device.type == "cpu",
+            bf16=model_cfg.bf16,  # TRL's default, on the CPU too
+            activation_checkpointing=model_cfg.gradient_checkpointing,
             dataloader_num_workers=0,
         )
         self._lockstep = _Lockstep(self.per_rl_step, cfg, grader.name)
         self.trainer = GRPOTrainer(model=model, reward_funcs=as_reward_function(grader), args=args,
                                    train_dataset=Dataset.from_list(rows), processing_class=self.tokenizer,
-                                   callbacks=[self._lockstep.callback()])
+                                   callbacks=[self._lockstep.callback()],
+                                   peft_config=peft_config(model_cfg.lora) if model_cfg.lora else None)
 
     @property
     def lm(self):

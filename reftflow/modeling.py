@@ -52,12 +52,32 @@ def build_tiny_model(cfg: ModelConfig, tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def init_model(cfg: ModelConfig, seed: int):
-    """(model, tokenizer) to warm up: the tiny default, or `cfg.name_or_path` from HF."""
-    if cfg.name_or_path is None:
+def init_model(cfg: ModelConfig, seed: int, base_dir: str | Path | None = None):
+    """(model, tokenizer) to warm up: what the `base` stage left in `base_dir` (models/base), else the
+    tiny default built from `cfg`, else `cfg.name_or_path` read directly (a GGUF converted on the fly)."""
+    from reftflow import base_model
+
+    location = base_model.loadable(base_dir) if base_dir is not None else None
+    if location is not None:
+        return load_model(location)
+    source = base_model.resolve(cfg.name_or_path)
+    if source.kind == "tiny":
         tok = build_char_tokenizer()
         return build_tiny_model(cfg, tok, seed), tok
-    return load_model(cfg.name_or_path)
+    if source.kind == "gguf":
+        return _with_padding(*base_model.load_gguf(source.location))
+    return load_model(source.location)
+
+
+def _with_padding(model, tok):
+    """A pad token (the EOS when the model has none: masks, not token ids, say what is padding) and left
+    padding (generation appends on the right)."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
 
 
 def load_model(path: str | Path):
@@ -65,18 +85,40 @@ def load_model(path: str | Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return _with_padding(model, tok)
 
 
-def set_threads(n: int) -> None:
-    """Deliberate torch thread count: two torch processes on 2 cores slow each other 4-7x."""
-    if n > 0:
+def select_device(name: str = "auto") -> torch.device:
+    """`model.device`: auto is the GPU when CUDA sees one, else the CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device is cuda, but torch sees no CUDA device (install a CUDA build of torch: "
+                         "make TORCH=torch setup), or set model.device: auto")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, bf16: bool = True):
+    """bf16 autocast on CUDA (float32 weights and optimizer state, bf16 matmuls); nothing on the CPU,
+    where bf16 matmuls are slower than float32 on most machines."""
+    import contextlib
+
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def context_length(cfg: ModelConfig, model) -> int:
+    """`model.max_length`, or the model's own context when it is null."""
+    if cfg.max_length is not None:
+        return cfg.max_length
+    return int(getattr(model.config.get_text_config(), "max_position_embeddings", 2048))
+
+
+def set_threads(n: int, device: torch.device | None = None) -> None:
+    """Deliberate torch thread count: two torch processes on 2 cores slow each other 4-7x. On a GPU
+    the CPU threads do not matter and are left alone."""
+    on_gpu = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if n > 0 and not on_gpu:
         torch.set_num_threads(n)
 
 
@@ -88,18 +130,23 @@ def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
     """A HF Trainer's model + tokenizer → a normal model dir, written beside `out_dir` then renamed."""
     from reftflow.io import atomic_dir
 
+    from reftflow.lora import is_peft, merged
+
     with atomic_dir(out_dir) as tmp:
-        trainer.save_model(str(tmp))
-        (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
+        if is_peft(trainer.model):  # LoRA: the adapters folded in, a plain model out (reftflow/lora.py)
+            merged(trainer.model, in_place=True).save_pretrained(str(tmp))
+        else:
+            trainer.save_model(str(tmp))
+            (tmp / "training_args.bin").unlink(missing_ok=True)  # trainer state, not part of the model
         tokenizer.save_pretrained(str(tmp))
 
 
-def save_new_model(path: str | Path, cfg: ModelConfig, seed: int = 0):
-    """The base model of `cfg` (the tiny default built from its config, or `cfg.name_or_path`) saved
-    untrained as a normal HF dir, atomically; returns the model."""
+def save_new_model(path: str | Path, cfg: ModelConfig, seed: int = 0, base_dir: str | Path | None = None):
+    """The base model of `cfg` (see `init_model`) saved untrained as a normal HF dir, atomically;
+    returns the model."""
     from reftflow.io import atomic_dir
 
-    model, tok = init_model(cfg, seed)
+    model, tok = init_model(cfg, seed, base_dir)
     with atomic_dir(path) as tmp:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))

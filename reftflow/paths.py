@@ -8,6 +8,8 @@ TRAIN = PREPARED / "train.jsonl"
 VAL = PREPARED / "val.jsonl"
 SFT_DATA = PREPARED / "sft.jsonl"
 """the extra worked examples of `data.sft_path` (empty when there is none)."""
+BASE_MODEL = Path("models/base")
+"""the base model's identity (source.json), and a GGUF converted to safetensors."""
 SFT_MODEL = Path("models/sft")
 PPO_MODEL = Path("models/ppo")
 METRICS = Path("metrics")

@@ -20,11 +20,12 @@ from typing import Iterator
 import torch
 
 from reftflow import generation
-from reftflow.config import PPOConfig
+from reftflow.config import ModelConfig, PPOConfig
 from reftflow.data.records import Record
 from reftflow.forward import response_logprobs
 from reftflow.graders.base import FULL_MARKS
-from reftflow.modeling import load_model, set_threads
+from reftflow.lora import load_for_training, save_weights
+from reftflow.modeling import autocast, select_device, set_threads
 from reftflow.ppo.core import masked_mean
 from reftflow.prompting import render_prompt
 from reftflow.rl import TrainingDiverged, checkpoint
@@ -51,12 +52,15 @@ class RAFTTrainer:
     """Rejection-sampling fine-tuning behind the `reftflow.rl` protocol (arguments as `PPOTrainer`'s)."""
 
     def __init__(self, policy_path: str | Path, train_records: list[Record], cfg: PPOConfig, grader,
-                 out_dir: str | Path, seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0):
+                 out_dir: str | Path, seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0,
+                 model_cfg: ModelConfig | None = None):
         from transformers import get_scheduler
 
         from reftflow.distributed import is_main_process
 
-        set_threads(torch_threads)
+        model_cfg = model_cfg or ModelConfig()
+        self.device = select_device(model_cfg.device)
+        set_threads(torch_threads, self.device)
         if not train_records:
             raise ValueError("RAFT needs at least one training question")
         if not is_main_process():
@@ -68,14 +72,15 @@ class RAFTTrainer:
         self.step = 0
         self.questions = QuestionSchedule(len(self.records), cfg.questions_per_step, seed)
         resume_from = checkpoint.latest(self.checkpoint_dir)
-        self.model, self.tokenizer = load_model(resume_from or policy_path)
+        self.model, self.peft, self.tokenizer = load_for_training(policy_path, model_cfg.lora, resume_from)
         self.tokenizer.padding_side = "left"
         self.model.eval()  # no dropout: the samples and their fine-tuning see the same function
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
+        self._autocast = lambda: autocast(self.device, model_cfg.bf16)
         self._prompt_tokens = self.tokenizer([render_prompt(r, self.tokenizer) for r in self.records])["input_ids"]
         self._items = [r.item for r in self.records]
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.raft.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: the adapters only
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.raft.lr, weight_decay=cfg.weight_decay)
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=0,
                                        num_training_steps=cfg.steps)
         if resume_from is not None:
@@ -95,7 +100,7 @@ class RAFTTrainer:
             yield self._train_step()
             if self.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
                     and self.step < cfg.steps:
-                checkpoint.save(self.checkpoint_dir, self.step, self._save_policy,
+                checkpoint.save(self.checkpoint_dir, self.step, lambda d: self._save_policy(d, final=False),
                                 lambda: {"optimizer": self.optimizer.state_dict(),
                                          "scheduler": self.scheduler.state_dict()})
 
@@ -103,11 +108,10 @@ class RAFTTrainer:
         from reftflow.io import atomic_dir
 
         with atomic_dir(self.out_dir) as tmp:
-            self._save_policy(tmp)
+            self._save_policy(tmp, final=True)
 
-    def _save_policy(self, path: Path) -> None:
-        self.model.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
+    def _save_policy(self, path: Path, final: bool) -> None:
+        save_weights(path, self.model, self.peft, self.tokenizer, final)
 
     def _train_step(self) -> dict[str, float]:
         cfg, K = self.cfg, self.cfg.samples_per_question
@@ -115,8 +119,10 @@ class RAFTTrainer:
         t_step = time.perf_counter()
         torch.manual_seed(mix(self.seed, step, "sample"))
         questions = self.questions(step)
-        ro = generation.sample(self.model, self.tokenizer, [self._prompt_tokens[i] for i in questions for _ in range(K)],
-                               cfg.max_new_tokens, cfg.temperature, group_size=K).trimmed(8)
+        with self._autocast():
+            ro = generation.sample(self.model, self.tokenizer,
+                                   [self._prompt_tokens[i] for i in questions for _ in range(K)],
+                                   cfg.max_new_tokens, cfg.temperature, group_size=K).trimmed(8)
         t_generate = time.perf_counter() - t_step
         graded = grade(self.grader, ro.texts, [self._items[i] for i in questions for _ in range(K)])
         keep = accepted_rows(ro.texts, graded.scores, K, cfg.raft.max_per_question)
@@ -152,12 +158,13 @@ class RAFTTrainer:
             order = torch.randperm(len(keep), generator=gen)
             for s in range(0, len(keep), cfg.minibatch_size):
                 idx = order[s : s + cfg.minibatch_size].to(self.device)
-                loss = -masked_mean(response_logprobs(self.model, ids[idx], attn[idx], R), mask[idx])
+                with self._autocast():
+                    loss = -masked_mean(response_logprobs(self.model, ids[idx], attn[idx], R), mask[idx])
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(f"RAFT diverged at step {step}: non-finite loss; nothing was saved to "
                                            f"{self.out_dir}")
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())

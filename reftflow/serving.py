@@ -7,7 +7,8 @@
 
 A request is one item or a list of them (or a DataFrame with one item per row). An item with
 `messages` goes through the tokenizer's chat template (`reftflow.prompting`); any other object
-through the project's `data.prompt_template`; a string is a prompt already rendered. Answers come
+through the project's `data.prompt_template` (as a chat when `data.chat`); a string is a prompt already
+rendered. Answers come
 from greedy decoding (`reftflow.generation`), one string per item.
 """
 
@@ -35,12 +36,13 @@ class ReftflowModel(mlflow.pyfunc.PythonModel):
 
         self.model, self.tokenizer = load_model(context.artifacts["model"])
         config = context.model_config or {}
-        self.prompt_template = config.get("prompt_template")
+        self.prompting = {k: config.get(k) for k in ("prompt_template", "chat", "system_prompt")}
         self.max_new_tokens = int(config.get("max_new_tokens", 48))
 
     def prompts(self, model_input: Any) -> list[str]:
+        from reftflow.data.prepare import with_prompts
         from reftflow.data.records import Record
-        from reftflow.prompting import apply_template, render_prompt
+        from reftflow.prompting import render_prompt
 
         out = []
         for item in as_items(model_input):
@@ -48,9 +50,12 @@ class ReftflowModel(mlflow.pyfunc.PythonModel):
                 out.append(item)
             elif isinstance(item, dict) and item.get("messages"):
                 out.append(render_prompt(Record("request", item, messages=list(item["messages"])), self.tokenizer))
+            elif isinstance(item, dict) and self.prompting["prompt_template"]:
+                record = with_prompts([Record("request", item)], self.prompting["prompt_template"],
+                                      bool(self.prompting["chat"]), self.prompting["system_prompt"])[0]
+                out.append(render_prompt(record, self.tokenizer))
             elif isinstance(item, dict):
-                out.append(apply_template(self.prompt_template, item) if self.prompt_template
-                           else render_prompt(Record("request", item), self.tokenizer))
+                out.append(render_prompt(Record("request", item), self.tokenizer))
             else:
                 raise ValueError(f"a request item must be an object or a string, got {type(item).__name__}")
         return out
@@ -61,12 +66,13 @@ class ReftflowModel(mlflow.pyfunc.PythonModel):
         return generate_greedy(self.model, self.tokenizer, self.prompts(model_input), self.max_new_tokens)
 
 
-def log_pyfunc(model_dir: str | Path, prompt_template: str, max_new_tokens: int, pip_requirements: list[str]):
-    """Log the model dir as a ReftflowModel in the active run (the reftflow code travels with it)."""
+def log_pyfunc(model_dir: str | Path, prompting: dict[str, Any], max_new_tokens: int, pip_requirements: list[str]):
+    """Log the model dir as a ReftflowModel in the active run (the reftflow code travels with it);
+    `prompting`: data.prompt_template, data.chat and data.system_prompt."""
     import reftflow
 
     return mlflow.pyfunc.log_model(
         name="policy", python_model=ReftflowModel(), artifacts={"model": str(model_dir)},
         code_paths=[str(Path(reftflow.__file__).parent)], pip_requirements=pip_requirements,
-        model_config={"prompt_template": prompt_template, "max_new_tokens": max_new_tokens},
+        model_config={**prompting, "max_new_tokens": max_new_tokens},
     )

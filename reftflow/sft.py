@@ -31,13 +31,16 @@ def train_sft(
     work_dir: str | Path | None = None,
     init_from: str | Path | None = None,
     time_limit_s: float | None = None,
+    base_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """Train, save a normal HF model dir (+ tokenizer) to `out_dir`, return summary metrics.
 
     `on_log(step, metrics)` receives the trainer's periodic logs (loss, lr, ...): the caller logs them.
     `init_from` continues from a saved model instead of `model_cfg`'s; `time_limit_s` stops training
     after that much wall time (the benchmark's time-matched "SFT continued" arm). `too_long` counts the
-    examples longer than `model.max_length` tokens, which TRL truncates.
+    examples longer than `model.max_length` tokens, which TRL truncates. `base_dir` is the `base` stage's
+    models/base (see `modeling.init_model`). With `model.lora` set, adapters are trained and merged into
+    the saved model.
     """
     import shutil
     import tempfile
@@ -46,13 +49,15 @@ def train_sft(
     from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from reftflow.modeling import count_parameters, init_model, load_model, save_trained
+    from reftflow.lora import peft_config
+    from reftflow.modeling import context_length, count_parameters, init_model, load_model, save_trained
 
-    model, tokenizer = load_model(init_from) if init_from else init_model(model_cfg, seed)
+    model, tokenizer = load_model(init_from) if init_from else init_model(model_cfg, seed, base_dir)
     examples = sft_examples(records, tokenizer)
     if not examples:
         raise ValueError("no training item has a reference completion: nothing for SFT to imitate")
-    too_long = count_too_long(tokenizer, [e["prompt"] + e["completion"] for e in examples], model_cfg.max_length)
+    max_length = context_length(model_cfg, model)
+    too_long = count_too_long(tokenizer, [e["prompt"] + e["completion"] for e in examples], max_length)
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
     started: list[float] = []
 
@@ -70,9 +75,13 @@ def train_sft(
 
     out_dir = Path(out_dir)
     work = Path(work_dir or tempfile.mkdtemp(prefix="reftflow-sft-"))
-    args = _trl_config(cfg, model_cfg, work, seed)
+    args = _trl_config(cfg, model_cfg, work, seed, max_length)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=[_Hooks()])
+                         processing_class=tokenizer, callbacks=[_Hooks()],
+                         peft_config=peft_config(model_cfg.lora) if model_cfg.lora else None)
+    from reftflow.lora import trainable_parameters
+
+    trainable = trainable_parameters(trainer.model)
     result = trainer.train()
     wall_s = time.perf_counter() - started[0]
     tokenizer.padding_side = "left"
@@ -82,13 +91,17 @@ def train_sft(
     return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
             "global_steps": float(result.global_step), "parameters": float(count_parameters(model)),
-            "too_long": float(too_long)}
+            "trainable_parameters": float(trainable), "too_long": float(too_long), "max_length": float(max_length)}
 
 
-def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int):
-    """The `sft` section as TRL's SFTConfig: completion-only loss, no checkpoints, no reporting."""
+def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, max_length: int):
+    """The `sft` section as TRL's SFTConfig: completion-only loss, no checkpoints, no reporting; bf16
+    autocast and gradient checkpointing as `model` says (on a GPU)."""
     from trl import SFTConfig as TRLSFTConfig
 
+    from reftflow.modeling import select_device
+
+    on_gpu = select_device(model_cfg.device).type == "cuda"
     return TRLSFTConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -103,15 +116,12 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int):
         report_to="none",
         seed=seed,
         data_seed=seed,
-        max_length=model_cfg.max_length,
+        max_length=max_length,
         completion_only_loss=True,
-        use_cpu=not _cuda(),
+        use_cpu=not on_gpu,
+        bf16=model_cfg.bf16,  # TRL's default, on the CPU too (accelerate's CPU autocast)
+        activation_checkpointing=model_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

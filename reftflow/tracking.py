@@ -243,11 +243,12 @@ def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
     return info
 
 
-def register_champion(logger: RunLogger, model_dir: str | Path, name: str, prompt_template: str,
+def register_champion(logger: RunLogger, model_dir: str | Path, name: str, prompting: Mapping[str, Any],
                       alias: str = "champion", tags: Mapping[str, Any] | None = None,
                       max_new_tokens: int = 48) -> dict[str, Any]:
     """Log the model as a reftflow pyfunc (`reftflow.serving`: requests are rendered as in training,
-    chat messages included) in `logger`'s run, register it and alias it."""
+    chat messages included; `prompting`: the `data` keys that render an item) in `logger`'s run, register it
+    and alias it."""
     import importlib.metadata as md
 
     import mlflow
@@ -257,7 +258,7 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, promp
     reqs = [f"{p}=={md.version(p)}" for p in ("transformers", "torch", "accelerate", "tokenizers", "pydantic",
                                                 "pyyaml")]
     with mlflow.start_run(run_id=logger.run_id):
-        info = log_pyfunc(model_dir, prompt_template, max_new_tokens, reqs)
+        info = log_pyfunc(model_dir, prompting, max_new_tokens, reqs)
     mv = mlflow.register_model(info.model_uri, name)
     logger.client.set_registered_model_alias(name, alias, mv.version)
     logger.client.set_model_version_tag(name, mv.version, "validation", "passed")

@@ -8,6 +8,9 @@ from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
 
+PROMPT_KEYS = ("prompt_template", "chat", "system_prompt")
+"""the `data` keys the registered model renders requests with (dvc.yaml's gate stage reads them)."""
+
 
 def run(params: Params, _args) -> None:
     from reftflow.gate import decide, report_markdown
@@ -28,7 +31,7 @@ def run(params: Params, _args) -> None:
         run_log.set_tags({"reftflow.gate.decision": decision["decision"]})
         if decision["passed"]:
             registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name,
-                                           params.data.prompt_template,
+                                           prompting(params),
                                            tags={"val_md5": val_md5, "pass_rate": eval_metrics["ppo"]["pass_rate"]},
                                            max_new_tokens=params.evaluate.max_new_tokens)
         decision["registered"] = registered
@@ -39,6 +42,11 @@ def run(params: Params, _args) -> None:
     failed = [r["name"] for r in decision["rules"] if not r["passed"]]
     print(f"gate: {decision['decision'].upper()}" + (f" (failed: {', '.join(failed)})" if failed else
                                                        f" → {registered['name']} v{registered['version']} @champion"))
+
+
+def prompting(params: Params) -> dict:
+    """The `data` keys that turn an item into a prompt: the registered model renders requests with them."""
+    return {k: getattr(params.data, k) for k in PROMPT_KEYS}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def checkpoint_dir(params: Params) -> Path:
     from reftflow.tracking import file_md5
 
     sft = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in paths.SFT_MODEL.iterdir() if f.is_file())
-    key = json.dumps({"ppo": params.ppo.model_dump(), "seed": params.seed, "grader": params.grader,
+    key = json.dumps({"ppo": params.ppo.model_dump(), "lora": params.model.lora and params.model.lora.model_dump(),
+                      "seed": params.seed, "grader": params.grader,
                       "sft": sft, "train": file_md5(paths.TRAIN)}, sort_keys=True)
     return paths.CHECKPOINTS / "ppo" / hashlib.md5(key.encode()).hexdigest()[:12]
 
@@ -111,7 +112,7 @@ def run(params: Params, args) -> None:
     with grader, stage_run("ppo", {"seed": params.seed, "ppo": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
         algo = build_algorithm(cfg.algorithm, paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed,
-                               checkpoint_dir=ckpt, torch_threads=params.model.torch_threads)
+                               checkpoint_dir=ckpt, torch_threads=params.model.torch_threads, model_cfg=params.model)
         report_too_long(algo, records, cfg, run_log)
         try:
             curve = train(algo, cfg, read_records(paths.VAL) if cfg.eval_interval else [], grader, run_log)

@@ -27,6 +27,7 @@ def run(params: Params, _args) -> None:
     section = {"seed": params.seed, "model": params.model.model_dump(), "sft": params.sft.model_dump()}
     with stage_run("sft", section) as run_log:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
+        log_base_identity(run_log)
         if not any(r.completion for r in records):
             pass_through(params, run_log)
             return
@@ -37,7 +38,8 @@ def run(params: Params, _args) -> None:
                 curve.append(row)
                 run_log.log_metrics({f"sft/{k}": v for k, v in row.items()}, step=step)
 
-        summary = train_sft(records, params.model, params.sft, paths.SFT_MODEL, params.seed, on_log=on_log)
+        summary = train_sft(records, params.model, params.sft, paths.SFT_MODEL, params.seed, on_log=on_log,
+                            base_dir=paths.BASE_MODEL)
         run_log.log_metrics({f"sft/{k}": v for k, v in summary.items()})
         write_csv(paths.SFT_LOSS, curve, CURVE_FIELDS)
         write_json(paths.SFT_METRICS, summary)
@@ -52,7 +54,18 @@ def run(params: Params, _args) -> None:
           f"final loss {curve[-1]['loss'] if curve else float('nan'):.3f}")
     if summary["too_long"]:
         print(f"sft: warning: {int(summary['too_long'])} examples are longer than model.max_length="
-              f"{params.model.max_length} tokens and were truncated (raise model.max_length or shorten them)")
+              f"{int(summary['max_length'])} tokens and were truncated (raise model.max_length or shorten them)")
+
+
+def log_base_identity(run_log) -> None:
+    """What the base model was and where it came from (models/base/source.json, from the base stage)."""
+    from reftflow.base_model import SOURCE_FILE, read_source
+
+    info = read_source(paths.BASE_MODEL)
+    if info is None:
+        return
+    run_log.set_tags({f"reftflow.base.{k}": str(v) for k, v in info.items() if v is not None})
+    run_log.log_artifact(paths.BASE_MODEL / SOURCE_FILE, "base")
 
 
 def pass_through(params: Params, run_log) -> None:
@@ -60,7 +73,7 @@ def pass_through(params: Params, run_log) -> None:
     from reftflow.io import write_csv, write_json
     from reftflow.modeling import count_parameters, save_new_model
 
-    model = save_new_model(paths.SFT_MODEL, params.model, params.seed)
+    model = save_new_model(paths.SFT_MODEL, params.model, params.seed, base_dir=paths.BASE_MODEL)
     summary = {"train_examples": 0.0, "global_steps": 0.0, "parameters": float(count_parameters(model)), "skipped": 1.0}
     write_json(paths.SFT_METRICS, summary)
     write_csv(paths.SFT_LOSS, [], CURVE_FIELDS)  # dvc.yaml declares the plot: an empty curve

@@ -13,7 +13,8 @@ from tests.conftest import TINY_PARAMS, make_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-STAGES = ["prepare", "sft", "ppo", "evaluate", "gate"]
+STAGES = ["prepare", "base", "sft", "ppo", "evaluate", "gate"]
+TRACKED = [s for s in STAGES if s != "base"]  # base only writes models/base; sft records its identity
 
 
 def _children(client, parent_id):
@@ -55,7 +56,8 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     assert parent.data.params["ppo.steps"] == "2"
     assert "mlflow.source.git.commit" in parent.data.tags
     children = _children(client, parent.info.run_id)
-    assert sorted(children) == sorted(STAGES)
+    assert sorted(children) == sorted(TRACKED)
+    assert children["sft"].data.tags["reftflow.base.kind"] == "tiny"
     assert all(c.info.status == "FINISHED" for c in children.values())
 
     # per-step metrics with their steps
@@ -108,7 +110,7 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     params["gate"]["min_pass_rate"] = 1.0  # the tiny model cannot reach it
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     summary = pipeline(project_dir=str(project), run_name="ppo-change")
-    assert summary["ran"] == {"prepare": False, "sft": False, "ppo": True, "evaluate": True, "gate": True}
+    assert summary["ran"] == {"prepare": False, "base": False, "sft": False, "ppo": True, "evaluate": True, "gate": True}
     assert summary["gate"]["decision"] == "fail" and summary["gate"]["registered"] is None
     parent3, _ = _last_parent(client)
     assert sorted(_children(client, parent3.info.run_id)) == ["evaluate", "gate", "ppo"]

@@ -24,8 +24,10 @@ def _load(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record] | None
     return load_hf_dataset(cfg.hf_name, cfg.hf_config, cfg.hf_split, cfg.hf_columns, cfg.format), None
 
 
-def with_prompts(records: list[Record], template: str) -> list[Record]:
-    """Records whose prompt is neither messages nor text get `template` over their item's fields."""
+def with_prompts(records: list[Record], template: str, chat: bool = False, system: str | None = None) -> list[Record]:
+    """Records whose prompt is neither messages nor text get `template` over their item's fields: as text,
+    or with `chat` as a user message (after a `system` one), which the model's chat template renders.
+    A chat's reference completion loses the leading space a `Q: ... A:` prompt wants."""
     from reftflow.prompting import apply_template
     from reftflow.templates import MissingField
 
@@ -33,9 +35,15 @@ def with_prompts(records: list[Record], template: str) -> list[Record]:
     for r in records:
         if r.messages is None and r.prompt is None:
             try:
-                r = dataclasses.replace(r, prompt=apply_template(template, r.item))
+                text = apply_template(template, r.item)
             except (MissingField, ValueError) as e:
                 raise DataError(f"data.prompt_template: item {r.id!r}: {e}") from None
+            if chat:
+                turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+                completion = r.completion.lstrip() if r.completion else r.completion
+                r = dataclasses.replace(r, messages=turns, completion=completion)
+            else:
+                r = dataclasses.replace(r, prompt=text)
         out.append(r)
     return out
 
@@ -59,7 +67,7 @@ def build_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record]
     a train item whose prompt also appears in val is dropped (leakage), and counted in the report."""
     rng = random.Random(seed)
     pool, val = _load(cfg, seed)
-    pool, dup_train = dedupe(with_prompts(pool, cfg.prompt_template))
+    pool, dup_train = dedupe(with_prompts(pool, cfg.prompt_template, cfg.chat, cfg.system_prompt))
     dup_val = 0
     if val is None:
         if len(pool) < cfg.num_val + 1:
@@ -67,7 +75,7 @@ def build_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record]
         rng.shuffle(pool)
         val, pool = pool[: cfg.num_val], pool[cfg.num_val :]
     else:
-        val, dup_val = dedupe(with_prompts(val, cfg.prompt_template))
+        val, dup_val = dedupe(with_prompts(val, cfg.prompt_template, cfg.chat, cfg.system_prompt))
         val = val[: cfg.num_val]
     val_keys = {prompt_key(r) for r in val}
     train = [r for r in pool if prompt_key(r) not in val_keys]

@@ -30,11 +30,12 @@ from typing import Iterator
 import torch
 
 from reftflow import generation
-from reftflow.config import PPOConfig
+from reftflow.config import ModelConfig, PPOConfig
 from reftflow.data.records import Record
 from reftflow.distributed import is_main_process
 from reftflow.forward import response_logprobs
-from reftflow.modeling import load_model, set_threads
+from reftflow.lora import adapters_disabled
+from reftflow.modeling import load_model, select_device, set_threads
 from reftflow.ppo.core import compute_advantages, kl_penalty, masked_mean, policy_loss, shape_rewards, value_loss
 from reftflow.ppo.value_head import PolicyWithValue
 from reftflow.prompting import render_prompt
@@ -78,18 +79,26 @@ class PPOTrainer:
         out_dir: where `save()` puts the final policy (HF dir + tokenizer + value_head.safetensors).
         seed: the run seed.
         checkpoint_dir: resumable checkpoints (None: none); the newest complete one there is resumed.
-        torch_threads: >0 sets torch's thread count (per process).
+        torch_threads: >0 sets torch's thread count (per process; ignored on a GPU).
+        model_cfg: the `model` section: LoRA, the device and bf16 autocast on CUDA (None: full fine-tuning,
+            auto device).
     """
 
     def __init__(self, policy_path: str | Path, train_records: list[Record], cfg: PPOConfig, grader,
-                 out_dir: str | Path, seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0):
+                 out_dir: str | Path, seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0,
+                 model_cfg: ModelConfig | None = None):
         from accelerate import Accelerator
         from transformers import get_scheduler
 
-        set_threads(torch_threads)
+        model_cfg = model_cfg or ModelConfig()
+        device = select_device(model_cfg.device)
+        set_threads(torch_threads, device)
         if not train_records:
             raise ValueError("PPO needs at least one training question")
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        # mixed precision only where asked for: accelerate's state is a process-wide singleton that an earlier
+        # Trainer (the benchmarks run SFT in-process) may have set, and it refuses a different explicit value
+        bf16 = {"mixed_precision": "bf16"} if device.type == "cuda" and model_cfg.bf16 else {}
+        self.accelerator = Accelerator(cpu=device.type == "cpu", **bf16)
         self.world_size, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         if cfg.questions_per_step % self.world_size:
             raise ValueError(
@@ -105,19 +114,23 @@ class PPOTrainer:
         self.questions = QuestionSchedule(len(self.records), cfg.questions_per_step, seed, self.rank, self.world_size)
 
         resume_from = checkpoint.latest(self.checkpoint_dir)
-        policy, self.tokenizer = PolicyWithValue.from_pretrained(resume_from or self.policy_path,
-                                                                 value_init_std=cfg.value_init_std)
+        policy, self.peft, self.tokenizer = PolicyWithValue.for_training(
+            self.policy_path, value_init_std=cfg.value_init_std, lora=model_cfg.lora, resume_from=resume_from)
         self.tokenizer.padding_side = "left"
         policy.eval()  # no dropout: old, new and reference log-probs must come from the same function
-        self.ref, _ = load_model(self.policy_path)
-        self.ref.eval().requires_grad_(False)
-        self.ref.to(self.accelerator.device)
+        if self.peft is None:
+            self.ref, _ = load_model(self.policy_path)
+            self.ref.eval().requires_grad_(False)
+            self.ref.to(self.accelerator.device)
+        else:  # LoRA: the reference is the policy with its adapters disabled, not a second copy (reftflow/lora.py)
+            self.ref = None
 
         # prompts are tokenised once; the loop only pads ids
         self._prompt_tokens = self.tokenizer([render_prompt(r, self.tokenizer) for r in self.records])["input_ids"]
         self._items = [r.item for r in self.records]
 
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        trainable = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters and the value head
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # stepped once per PPO step (not wrapped by accelerate, which would step it once per process)
         self.scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=cfg.steps)
         if resume_from is not None:
@@ -161,7 +174,7 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
         if is_main_process():
             with atomic_dir(self.out_dir) as tmp:
-                self.policy.save(tmp, self.tokenizer)
+                self.policy.save(tmp, self.tokenizer, self.peft, final=True)
         self.accelerator.wait_for_everyone()
 
     # -- one step ---------------------------------------------------------------------------------
@@ -195,8 +208,10 @@ class PPOTrainer:
         K, device = self.cfg.samples_per_question, self.accelerator.device
         questions = self.questions(step)
         t0 = time.perf_counter()
-        ro = generation.sample(self.policy, self.tokenizer, [self._prompt_tokens[i] for i in questions for _ in range(K)],
-                               self.cfg.max_new_tokens, self.cfg.temperature, group_size=K)
+        with self.accelerator.autocast():
+            ro = generation.sample(self.policy, self.tokenizer,
+                                   [self._prompt_tokens[i] for i in questions for _ in range(K)],
+                                   self.cfg.max_new_tokens, self.cfg.temperature, group_size=K)
         t_generate = time.perf_counter() - t0
         graded = grade(self.grader, ro.texts, [self._items[i] for i in questions for _ in range(K)])
         scores = graded.scores
@@ -217,11 +232,13 @@ class PPOTrainer:
     def _reference_logprobs(self, batch: Batch) -> torch.Tensor:
         K, R, B = self.cfg.samples_per_question, batch.response_length, batch.input_ids.shape[0]
         mb = self._minibatch_questions() * K
-        return torch.cat([
-            response_logprobs(self.ref, batch.input_ids[s : s + mb], batch.attention_mask[s : s + mb], R,
-                              self.cfg.temperature, group_size=K)
-            for s in range(0, B, mb)
-        ])
+        ref = self.ref if self.ref is not None else self.lm
+        with adapters_disabled(self.peft), self.accelerator.autocast():
+            return torch.cat([
+                response_logprobs(ref, batch.input_ids[s : s + mb], batch.attention_mask[s : s + mb], R,
+                                  self.cfg.temperature, group_size=K).float()
+                for s in range(0, B, mb)
+            ])
 
     @torch.no_grad()
     def _advantages(self, batch: Batch, ref_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -313,7 +330,7 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path:
         """Policy, value head, optimizer, scheduler, RNG states and step (`reftflow.rl.checkpoint`)."""
         return checkpoint.save(
-            self.checkpoint_dir, self.step, lambda d: self.policy.save(d, self.tokenizer),
+            self.checkpoint_dir, self.step, lambda d: self.policy.save(d, self.tokenizer, self.peft, final=False),
             lambda: {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "world_size": self.world_size},
             rank=self.rank, barrier=self.accelerator.wait_for_everyone)

@@ -93,23 +93,28 @@ class PolicyWithValue(nn.Module):
         return logp, values, entropy
 
     # -- save / load ------------------------------------------------------------------------
-    def save(self, path: str | Path, tokenizer=None) -> None:
-        """A normal HF model dir (+ tokenizer) with `value_head.safetensors` beside it."""
+    def save(self, path: str | Path, tokenizer=None, peft=None, final: bool = True) -> None:
+        """A normal HF model dir (+ tokenizer) with `value_head.safetensors` beside it. With LoRA (`peft`, the
+        peft model around `policy`), a checkpoint (`final` False) holds the adapters only; the final save
+        merges them into a plain model (reftflow/lora.py)."""
         from safetensors.torch import save_file
 
         from transformers.utils import logging as hf_logging
+
+        from reftflow.lora import save_weights
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint is noise
         try:
-            self.policy.save_pretrained(str(path))
+            if tokenizer is None:
+                self.policy.save_pretrained(str(path))
+            else:
+                save_weights(path, self.policy, peft, tokenizer, final)
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(path))
         state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
         save_file(state, str(path / VALUE_HEAD_FILE))
 
@@ -126,9 +131,16 @@ class PolicyWithValue(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, value_init_std: float = 0.0):
         """(PolicyWithValue, tokenizer) from a HF dir; the value head too when saved there."""
-        from reftflow.modeling import load_model
-
-        model, tokenizer = load_model(path)
-        wrapped = cls(model, value_init_std=value_init_std)
-        wrapped.load_value_head(path)
+        wrapped, _, tokenizer = cls.for_training(path, value_init_std)
         return wrapped, tokenizer
+
+    @classmethod
+    def for_training(cls, path: str | Path, value_init_std: float = 0.0, lora=None, resume_from=None):
+        """(PolicyWithValue, peft model or None, tokenizer) from a HF dir, or resumed from a checkpoint; the
+        value head too when saved there. `lora` (`model.lora`) adds adapters to the model at `path`."""
+        from reftflow.lora import load_for_training
+
+        model, peft, tokenizer = load_for_training(path, lora, resume_from)
+        wrapped = cls(model, value_init_std=value_init_std)
+        wrapped.load_value_head(resume_from or path)
+        return wrapped, peft, tokenizer

@@ -19,7 +19,7 @@ import importlib
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from reftflow.config import PPOConfig
+from reftflow.config import ModelConfig, PPOConfig
 from reftflow.data.records import Record
 
 ALGORITHMS: dict[str, str] = {
@@ -59,15 +59,16 @@ class RLAlgorithm(Protocol):
 
 def build_algorithm(name: str, policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader,
                     out_dir: str | Path, seed: int, checkpoint_dir: str | Path | None = None,
-                    torch_threads: int = 0) -> RLAlgorithm:
+                    torch_threads: int = 0, model_cfg: ModelConfig | None = None) -> RLAlgorithm:
     """The algorithm `name` from `policy_path` on `records`, rewarded by `grader`.
 
     `checkpoint_dir`: where resumable checkpoints go; whatever complete checkpoint is there is
     resumed, so the caller keys the directory by everything that must match (the stage does).
+    `model_cfg`: the `model` section (LoRA, device, bf16); None is full fine-tuning on the auto device.
     """
     if name not in ALGORITHMS:
         raise ValueError(f"unknown RL algorithm {name!r} (expected one of {', '.join(ALGORITHMS)})")
     module, cls = ALGORITHMS[name].split(":")
     algorithm = getattr(importlib.import_module(module), cls)
     return algorithm(policy_path, records, cfg, grader, out_dir, seed, checkpoint_dir=checkpoint_dir,
-                     torch_threads=torch_threads)
+                     torch_threads=torch_threads, model_cfg=model_cfg)
