@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade_cli.add_parser(sub)
     data_check.add_parser(sub)
     run = sub.add_parser("run", help="run the pipeline (the Prefect flow) in a project directory",
-                         description="Same as `python -m flows.pipeline`: prepare → sft → ppo → evaluate → gate.")
+                         description="Same as `python -m flows.pipeline`: prepare → base → sft → ppo → evaluate → gate.")
     run.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")
     run.set_defaults(func=_run_pipeline)
     return parser

@@ -27,7 +27,7 @@ def build_deployment(name: str = "nightly", cron: str = "0 2 * * *", timezone: s
         schedules=[Cron(cron, timezone=timezone)],
         parameters={"project_dir": str(Path(project_dir).resolve())},
         tags=["reftflow"],
-        description="reftflow: prepare → sft → ppo → evaluate → gate (DVC skips what is up to date)",
+        description="reftflow: prepare → base → sft → ppo → evaluate → gate (DVC skips what is up to date)",
     )
 
 

@@ -1,4 +1,4 @@
-"""The reftflow pipeline as a Prefect flow: prepare → sft → ppo → evaluate → gate.
+"""The reftflow pipeline as a Prefect flow: prepare → base → sft → ppo → evaluate → gate.
 
 Wiring only. Each stage runs through `dvc repro --single-item <stage>`, the same entry point DVC
 uses, so DVC alone decides what is stale; Prefect adds run names, retries, logs and the gate
@@ -154,6 +154,7 @@ def check_project(project_dir: str | Path) -> dict:
     """Refuse a bad params.yaml or grader before any stage starts; returns the validated params.
     A project made by `reftflow init` also gets its stages' code digests refreshed here, before DVC
     compares them (reftflow/project.py)."""
+    from reftflow.base_model import resolve
     from reftflow.config import ConfigError, load_params, read_yaml
     from reftflow.graders import build_grader
     from reftflow.project import refresh_digests
@@ -171,6 +172,7 @@ def check_project(project_dir: str | Path) -> dict:
                 raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads "
                                   "it; write it out, with its default if that is what you want)")
     build_grader(params.grader, base_dir=project, response_format=params.response_format).close()
+    resolve(params.model.name_or_path, base_dir=project)  # a missing model file or dir: one line, now
     refresh_digests(project)
     return params.model_dump()
 

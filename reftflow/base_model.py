@@ -85,6 +85,12 @@ def resolve(spec: str | None, base_dir: str | Path = ".") -> BaseSource:
         if not (path / "config.json").exists():
             raise ModelSourceError(f"model.name_or_path {spec!r}: the directory has no config.json "
                                    "(expected a Hugging Face model directory, as save_pretrained writes)")
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ModelSourceError(f"{path / 'config.json'}: not a readable JSON config ({e})") from None
+        if not isinstance(config, dict) or "model_type" not in config:
+            raise ModelSourceError(f"{path / 'config.json'}: no 'model_type' (not a transformers model config)")
         return BaseSource(spec, "hf", str(path.resolve()))
     if spec.startswith((".", "/", "~")) or path.exists():
         raise ModelSourceError(f"model.name_or_path {spec!r}: no such directory")
@@ -128,6 +134,19 @@ def _hub_revision(repo_id: str) -> str | None:
         return None
 
 
+def check_config(directory: str | Path) -> None:
+    """A model directory whose config transformers cannot build (an unknown model_type, a bad value) is
+    one ModelSourceError, before any stage tries to train it."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - transformers raises ValueError, KeyError, OSError... for these
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelSourceError(f"{Path(directory) / 'config.json'}: transformers cannot build this config "
+                               f"({first[:200]})") from None
+
+
 def load_gguf(path: str | Path):
     """(model, tokenizer) from a GGUF file, dequantised to float32 and free of its quantization config,
     so `save_pretrained` writes a normal safetensors directory."""
@@ -144,6 +163,12 @@ def load_gguf(path: str | Path):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict(), assign=True)
+    # non-persistent buffers (the rotary inv_freq) are in no state dict: still on meta, take the loaded ones
+    buffers = dict(loaded.named_buffers())
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            module, _, attr = name.rpartition(".")
+            model.get_submodule(module).register_buffer(attr, buffers[name], persistent=False)
     if model.config.tie_word_embeddings:
         model.tie_weights()
     model.generation_config = loaded.generation_config
@@ -156,6 +181,8 @@ def prepare_base(source: BaseSource, out_dir: str | Path) -> dict[str, Any]:
     from reftflow.io import atomic_dir
 
     info = identity(source)
+    if source.kind == "hf" and Path(source.location).is_dir():
+        check_config(source.location)
     with atomic_dir(out_dir) as tmp:
         if source.kind == "gguf":
             model, tokenizer = load_gguf(source.location)

@@ -140,7 +140,7 @@ class ModelConfig(_Section):
 class SFTConfig(_Section):
     epochs: float = Field(40.0, gt=0)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1)
     lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -171,7 +171,7 @@ class PPOConfig(_Section):
     minibatch_size: int = Field(32, ge=1)
     """rollouts per update minibatch, rounded down to whole questions (a multiple of samples_per_question)
     so that the K samples of a question share one prompt pass (reftflow/forward.py)."""
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(1e-5, gt=0, le=1)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     clip_range: float = Field(0.2, gt=0)
     value_clip_range: float = Field(0.2, gt=0)
@@ -195,7 +195,7 @@ class PPOConfig(_Section):
     """AdamW weight decay of the policy and value head."""
     value_init_std: float = Field(0.0, ge=0)
     """std of the value head's initial weights (0: zero-initialised, V = 0 at the start)."""
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=10)
     max_new_tokens: int = Field(48, ge=1)
     num_processes: int = Field(1, ge=1)
     """>1: the stage relaunches itself under torchrun with this many processes (DDP over gloo on CPU,
@@ -214,6 +214,9 @@ class PPOConfig(_Section):
     def _check(self) -> PPOConfig:
         if self.algorithm == "raft" and self.num_processes > 1:
             raise ValueError("algorithm 'raft' runs on one process: set ppo.num_processes to 1")
+        if self.questions_per_step % self.num_processes:
+            raise ValueError(f"questions_per_step {self.questions_per_step} must be a multiple of num_processes "
+                             f"{self.num_processes} (every process does the same updates)")
         return self
 
 

@@ -21,10 +21,11 @@ def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new
                    label: str, pass_threshold: float = FULL_MARKS) -> EvalResult:
     """Greedy decoding graded: the mean score, and the pass rate (the share of answers scoring at least
     `pass_threshold`; at full marks, what a numeric task calls accuracy)."""
-    from reftflow.modeling import load_model
     from reftflow.generation import generate_greedy
+    from reftflow.modeling import load_model, select_device
 
     model, tok = load_model(model_dir)
+    model.to(select_device())  # the GPU when there is one
     prompts = [render_prompt(r, tok) for r in records]
     outputs = generate_greedy(model, tok, prompts, max_new_tokens, batch_size)
     results = grader.grade_many(outputs, [r.item for r in records])

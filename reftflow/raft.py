@@ -72,7 +72,7 @@ class RAFTTrainer:
         self.step = 0
         self.questions = QuestionSchedule(len(self.records), cfg.questions_per_step, seed)
         resume_from = checkpoint.latest(self.checkpoint_dir)
-        self.model, self.peft, self.tokenizer = load_for_training(policy_path, model_cfg.lora, resume_from)
+        self.model, self.peft, self.tokenizer = load_for_training(policy_path, model_cfg.lora, resume_from, seed)
         self.tokenizer.padding_side = "left"
         self.model.eval()  # no dropout: the samples and their fine-tuning see the same function
         self.model.to(self.device)

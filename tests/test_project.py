@@ -73,3 +73,34 @@ def test_an_initialised_project_runs_end_to_end_and_then_skips_everything(tmp_pa
     second = subprocess.run(run, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stages run: none" in second.stdout + second.stderr
+
+
+@pytest.mark.parametrize("example", ["arithmetic", "genes", "smollm2", "qwen-gsm8k"])
+def test_every_example_parses_and_holds_every_key_dvc_reads(example):
+    from flows.pipeline import _has_key
+    from reftflow.config import load_params, read_yaml
+    from reftflow.project import STAGES, examples
+
+    assert example in examples()
+    path = ROOT / "reftflow/examples" / example / "params.yaml"
+    load_params(path)
+    raw = read_yaml(path)
+    missing = [key for stage in STAGES.values() for key in stage["params"] if not _has_key(raw, key)]
+    assert not missing, f"{example}: DVC would refuse to run without {missing}"
+
+
+def test_init_runs_the_examples_setup_script_with_this_interpreter(tmp_path, monkeypatch):
+    """The smollm2 example installs its model wheel this way; here a stand-in example records what ran it."""
+    from reftflow import project
+
+    example = tmp_path / "examples" / "demo"
+    example.mkdir(parents=True)
+    (example / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (example / "setup.sh").write_text('echo "$PYTHON" > ran-with.txt\n')
+    monkeypatch.setattr(project, "EXAMPLES_DIR", tmp_path / "examples")
+    made = project.init(tmp_path / "proj", "demo")
+    assert (made / "ran-with.txt").read_text().strip() == sys.executable
+    (example / "setup.sh").write_text('echo "no index reachable" >&2; exit 3\n')
+    with pytest.raises(project.SetupFailed, match=r"setup.sh failed \(exit 3\): no index reachable; the project is"):
+        project.init(tmp_path / "proj2", "demo")
+    assert not (project.init(tmp_path / "proj3", "demo", run_setup=False) / "ran-with.txt").exists()

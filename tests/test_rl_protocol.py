@@ -9,7 +9,7 @@ import typing
 import pytest
 import torch
 
-from reftflow.config import PPOConfig
+from reftflow.config import LoRAConfig, ModelConfig, PPOConfig
 from reftflow.data.synthetic import generate
 from reftflow.modeling import load_model
 from reftflow.rl import ALGORITHMS, COMMON_METRICS, build_algorithm
@@ -25,15 +25,19 @@ def test_the_registry_is_what_the_config_accepts():
         build_algorithm("dpo", "x", [], PPOConfig(), HAS_DIGIT, "y", 0)
 
 
+@pytest.mark.parametrize("lora", [None, LoRAConfig(r=4, alpha=8)], ids=["full", "lora"])
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_algorithm_trains_through_the_protocol(name, tmp_path):
+def test_algorithm_trains_through_the_protocol(name, lora, tmp_path):
+    """Full fine-tuning, and LoRA adapters (reftflow/lora.py) saved as a merged, plain model."""
     torch.set_num_threads(1)
     policy = make_policy(tmp_path / "sft")
     before = {k: v.clone() for k, v in load_model(policy)[0].state_dict().items()}
     cfg = PPOConfig(algorithm=name, steps=2, questions_per_step=4, samples_per_question=4, minibatch_size=8,
                     max_new_tokens=8, lr=1e-2, checkpoint_every=0, raft={"lr": 1e-2})
     algo = build_algorithm(name, policy, generate(16, seed=1), cfg, HAS_DIGIT, tmp_path / "out", seed=0,
-                           checkpoint_dir=tmp_path / "ck", torch_threads=1)
+                           checkpoint_dir=tmp_path / "ck", torch_threads=1, model_cfg=ModelConfig(lora=lora))
+    if name == "ppo":
+        assert (algo.ref is None) == (lora is not None)  # LoRA: the reference is the adapters disabled, no copy
     history = list(algo.train())
     assert algo.stop_reason is None and not (tmp_path / "out").exists()
     assert algo.lm.config.model_type == "llama" and algo.tokenizer.eos_token == "<eos>"
@@ -43,7 +47,9 @@ def test_algorithm_trains_through_the_protocol(name, tmp_path):
         for key in COMMON_METRICS:
             assert math.isfinite(m[key]), (name, key, m.get(key))
         assert 0.0 < m["rl/accuracy"] < 1.0  # mixed outcomes: the updates had something to learn from
+    assert not (tmp_path / "out" / "adapter_config.json").exists()  # a plain model (LoRA: merged)
     after = load_model(tmp_path / "out")[0].state_dict()
+    assert set(after) == set(before)
     assert any(not torch.equal(before[k], after[k]) for k in before), f"{name}: no parameter changed"
 
 

