@@ -14,6 +14,8 @@ from reftflow.data.records import Record
 
 DEFAULT_PROMPT_TEMPLATE = "Q: {{ item.question }}\nA:"
 """`data.prompt_template`'s default: the arithmetic example's and GSM8K's prompt."""
+PROMPT_KEYS = ("prompt_template", "chat", "system_prompt")
+"""the `data` keys that turn an item without messages into a prompt (the registered model keeps them)."""
 
 
 def apply_template(template: str, item: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from reftflow.prompting import PROMPT_KEYS
+
 
 def as_items(model_input: Any) -> list[Any]:
     """A request as a list of items (dicts) or prompt strings."""
@@ -36,7 +38,7 @@ class ReftflowModel(mlflow.pyfunc.PythonModel):
 
         self.model, self.tokenizer = load_model(context.artifacts["model"])
         config = context.model_config or {}
-        self.prompting = {k: config.get(k) for k in ("prompt_template", "chat", "system_prompt")}
+        self.prompting = {k: config.get(k) for k in PROMPT_KEYS}
         self.max_new_tokens = int(config.get("max_new_tokens", 48))
 
     def prompts(self, model_input: Any) -> list[str]:

