@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 STAGES = ("prepare", "base", "sft", "ppo", "evaluate", "gate")
 EXIT_BAD_INPUT = 2  # reftflow.stage.EXIT_BAD_INPUT: retrying a bad input cannot help
 EXIT_INTERRUPTED = 130  # reftflow.stage.EXIT_INTERRUPTED: someone stopped it on purpose
+EXIT_DISK_FULL = 74  # reftflow.errors.DiskFull: a retry five seconds later cannot find more space
 
 
 class StageFailed(RuntimeError):
@@ -72,7 +73,7 @@ def _retry_unless_final(task, task_run, state) -> bool:
     try:
         state.result()
     except StageFailed as e:
-        return e.exit_code not in (EXIT_BAD_INPUT, EXIT_INTERRUPTED)
+        return e.exit_code not in (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DISK_FULL)
     except Exception:  # noqa: BLE001 - anything else (a crash) is worth one more try
         return True
     return False
@@ -122,9 +123,9 @@ def _outcome(stage: str, code: int, report: StageReport | None, output: str) -> 
     return StageResult(stage, ran=report is not None)
 
 
-# ppo resumes from its last checkpoint, so a retry there continues rather than restarts; gate's
+# sft and ppo resume from their last checkpoints, so a retry there continues rather than restarts; gate's
 # registry writes can hit a locked SQLite store. Bad input (exit 2) is returned, never retried.
-_RETRIES = {"prepare": 1, "base": 1, "sft": 0, "ppo": 1, "evaluate": 1, "gate": 2}
+_RETRIES = {"prepare": 1, "base": 1, "sft": 1, "ppo": 1, "evaluate": 1, "gate": 2}
 
 
 @task(task_run_name="{stage}", retry_condition_fn=_retry_unless_final, retry_delay_seconds=5)
@@ -240,15 +241,29 @@ def _run_chain(parent, project: Path) -> dict[str, bool]:
 @flow(name="reftflow-pipeline", flow_run_name="reftflow-{run_name}", log_prints=True)
 def pipeline(project_dir: str = ".", run_name: str = "") -> dict | State:
     """Run the chain; returns the eval metrics, the gate decision and which stages ran, or a Failed
-    state whose message is the stage's own error line when a stage refused its input."""
-    from prefect.artifacts import create_markdown_artifact
+    state whose message is the stage's own error line when a stage refused its input, or when another
+    run of this project is active (reftflow/run_lock.py)."""
 
-    from reftflow import paths
-    from reftflow.tracking import pipeline_run
+    from reftflow.run_lock import RunActive, hold
 
     start = time.perf_counter()
     project = Path(project_dir).resolve()
+    try:
+        with hold(project, f"reftflow pipeline run {run_name}"):
+            return _locked_pipeline(project, run_name, start)
+    except RunActive as e:  # a scheduled run while another is active: refused, the active one untouched
+        return Failed(message=f"reftflow: error: {e}")
+
+
+def _locked_pipeline(project: Path, run_name: str, start: float) -> dict | State:
+    from prefect.artifacts import create_markdown_artifact
+
+    from reftflow import paths
+    from reftflow.tracking import close_orphaned_runs, pipeline_run
+
     params = validate(str(project))
+    if orphans := close_orphaned_runs(project):  # safe: we hold the lock, so no run of ours is alive
+        print(f"reftflow: {len(orphans)} MLflow run(s) of an earlier run that was killed are now marked KILLED")
     try:
         with pipeline_run(params, run_name=f"pipeline-{run_name}" if run_name else "pipeline",
                           project_dir=project) as parent:
@@ -292,12 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", default=datetime.now().strftime("%Y%m%d-%H%M%S"),
                         help="suffix of the Prefect flow run and MLflow parent run names")
     args = parser.parse_args(argv)
+    from reftflow.run_lock import EXIT_BUSY, RunActive, hold
     from reftflow.stage import user_errors
 
     try:
-        check_project(args.project_dir)  # before Prefect starts: a typo costs one line, not a server start
-        state = pipeline(project_dir=args.project_dir, run_name=args.run_name, return_state=True)
-        state.result()
+        with hold(args.project_dir):  # refused before Prefect starts; the flow re-enters it
+            check_project(args.project_dir)  # before Prefect starts: a typo costs one line, not a server start
+            state = pipeline(project_dir=args.project_dir, run_name=args.run_name, return_state=True)
+            state.result()
+    except RunActive as e:
+        return _fail(f"reftflow: error: {e}", EXIT_BUSY)
     except user_errors() as e:
         return _fail(f"reftflow: error: {e}", EXIT_BAD_INPUT)
     except StageBadInput as e:

@@ -147,6 +147,9 @@ class SFTConfig(_Section):
     max_steps: int = -1
     """>0 overrides epochs (tests use a handful of steps)."""
     logging_steps: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=0)
+    """a resumable Trainer checkpoint (model, optimizer, scheduler, RNG) every N steps and at the end,
+    under checkpoints/sft/; a killed run resumes from it. 0: none (a killed run starts over)."""
 
 
 class RAFTConfig(_Section):

@@ -29,6 +29,11 @@ RUNTIME_ENV = {
     # than Prefect's 20 s default on a busy 2-core machine ("Timed out while attempting to
     # connect to ephemeral Prefect API server").
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # MLflow retries an unanswered HTTP call 7 times with exponential backoff (minutes) before it
+    # raises; reftflow retries each call itself a bounded number of times (reftflow/tracking.py), so a
+    # server that is down costs seconds and one line, not a silent hang
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
 

@@ -7,3 +7,22 @@ user error. Each subclass lives beside the code that raises it.
 
 class InputError(ValueError):
     """A bad input: the message is one line naming the file, key or line and what is wrong."""
+
+
+class ResourceError(RuntimeError):
+    """The machine, not the input: the disk is full or the tracking store is unreachable. The message
+    is one line saying what happened and that nothing trained was lost (see docs/reliability.md)."""
+
+    exit_code = 1
+
+
+class TrackingUnavailable(ResourceError):
+    """MLflow's store stayed locked or its server down through every retry."""
+
+    exit_code = 69  # EX_UNAVAILABLE (sysexits.h): the flow retries the stage, which resumes its checkpoint
+
+
+class DiskFull(ResourceError):
+    """A write failed for lack of space (ENOSPC, EDQUOT) or over the file size limit (EFBIG)."""
+
+    exit_code = 74  # EX_IOERR: not retried; the previous outputs are intact (writes are atomic)

@@ -62,6 +62,7 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     `dest`, on any error it is removed and `dest` stays as it was."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(dest)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -71,3 +72,27 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_leftovers(dest: str | Path) -> list[Path]:
+    """Remove the temp and set-aside copies of `dest` that a killed writer left behind (SIGKILL runs no
+    cleanup): `.<name>.tmp-<pid>` / `.<name>.old-<pid>` whose process is gone. Returns what it removed."""
+    dest = Path(dest)
+    removed = []
+    for kind in ("tmp", "old"):
+        for p in dest.parent.glob(f".{dest.name}.{kind}-*"):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

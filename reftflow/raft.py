@@ -98,8 +98,8 @@ class RAFTTrainer:
         cfg = self.cfg
         while self.step < cfg.steps:
             yield self._train_step()
-            if self.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
-                    and self.step < cfg.steps:
+            if self.checkpoint_dir and cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0
+                                                                or self.step == cfg.steps):
                 checkpoint.save(self.checkpoint_dir, self.step, lambda d: self._save_policy(d, final=False),
                                 lambda: {"optimizer": self.optimizer.state_dict(),
                                          "scheduler": self.scheduler.state_dict()})

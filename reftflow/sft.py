@@ -32,6 +32,7 @@ def train_sft(
     init_from: str | Path | None = None,
     time_limit_s: float | None = None,
     base_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """Train, save a normal HF model dir (+ tokenizer) to `out_dir`, return summary metrics.
 
@@ -40,7 +41,9 @@ def train_sft(
     after that much wall time (the benchmark's time-matched "SFT continued" arm). `too_long` counts the
     examples longer than `model.max_length` tokens, which TRL truncates. `base_dir` is the `base` stage's
     models/base (see `modeling.init_model`). With `model.lora` set, adapters are trained and merged into
-    the saved model.
+    the saved model. `checkpoint_dir`: Trainer checkpoints every `cfg.checkpoint_every` steps and at the
+    end go there, and the newest complete one is resumed (model, optimizer, scheduler, RNG, data
+    position), so the caller keys the directory by the run's inputs and removes it once done.
     """
     import shutil
     import tempfile
@@ -69,34 +72,70 @@ def train_sft(
             if time_limit_s is not None and time.perf_counter() - started[0] >= time_limit_s:
                 control.should_training_stop = True
 
+        def on_save(self, args, state, control, **kwargs):
+            # the Trainer writes a checkpoint in place: only one this callback has marked is whole
+            marker = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
+            if marker.parent.is_dir():
+                marker.write_text("")
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if on_log and logs:
                 on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
 
     out_dir = Path(out_dir)
-    work = Path(work_dir or tempfile.mkdtemp(prefix="reftflow-sft-"))
-    args = _trl_config(cfg, model_cfg, work, seed, max_length)
+    work = Path(checkpoint_dir or work_dir or tempfile.mkdtemp(prefix="reftflow-sft-"))
+    resume = last_complete_checkpoint(work) if checkpoint_dir else None
+    args = _trl_config(cfg, model_cfg, work, seed, max_length, checkpoints=checkpoint_dir is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, callbacks=[_Hooks()],
                          peft_config=peft_config(model_cfg.lora) if model_cfg.lora else None)
     from reftflow.lora import trainable_parameters
 
     trainable = trainable_parameters(trainer.model)
-    result = trainer.train()
+    if resume is not None:
+        print(f"sft: resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
+        if on_log:  # the resumed run's record and curve start at step 1, as an uninterrupted one's do
+            import json
+
+            for entry in json.loads((resume / "trainer_state.json").read_text()).get("log_history", []):
+                on_log(int(entry["step"]), {k: float(v) for k, v in entry.items() if isinstance(v, (int, float))})
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall_s = time.perf_counter() - started[0]
     tokenizer.padding_side = "left"
     save_trained(trainer, tokenizer, out_dir)
-    if work_dir is None:
+    if work_dir is None and checkpoint_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return {"train_loss": float(result.training_loss), "train_examples": float(len(examples)),
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
             "global_steps": float(result.global_step), "parameters": float(count_parameters(model)),
-            "trainable_parameters": float(trainable), "too_long": float(too_long), "max_length": float(max_length)}
+            "trainable_parameters": float(trainable), "too_long": float(too_long), "max_length": float(max_length),
+            "resumed_from_step": float(resume.name.split("-")[-1]) if resume else 0.0}
 
 
-def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, max_length: int):
-    """The `sft` section as TRL's SFTConfig: completion-only loss, no checkpoints, no reporting; bf16
-    autocast and gradient checkpointing as `model` says (on a GPU)."""
+COMPLETE_MARKER = "reftflow-complete"
+
+
+def last_complete_checkpoint(directory: Path) -> Path | None:
+    """The newest `checkpoint-N` the Trainer finished writing (see `on_save`); the unfinished ones a
+    kill left behind are removed, so the Trainer cannot pick one up either."""
+    import shutil
+
+    if not directory.is_dir():
+        return None
+    found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    for p in [p for p in found if not (p / COMPLETE_MARKER).is_file()]:
+        shutil.rmtree(p, ignore_errors=True)
+    complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
+    return complete[-1] if complete else None
+
+
+def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, max_length: int,
+                checkpoints: bool = False):
+    """The `sft` section as TRL's SFTConfig: completion-only loss, no reporting; bf16 autocast and
+    gradient checkpointing as `model` says (on a GPU). With `checkpoints`, a full checkpoint every
+    `cfg.checkpoint_every` steps and at the end (the Trainer's own end-of-training save); two are kept
+    so that a kill while the newest is written leaves the one before."""
     from trl import SFTConfig as TRLSFTConfig
 
     from reftflow.modeling import select_device
@@ -112,7 +151,9 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, m
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if checkpoints and cfg.checkpoint_every else "no",
+        save_steps=cfg.checkpoint_every or 500,
+        save_total_limit=2,
         report_to="none",
         seed=seed,
         data_seed=seed,

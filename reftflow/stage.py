@@ -13,8 +13,10 @@ it ends; a missing file after `dvc repro` means DVC found the stage up to date a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Callable
 
 from reftflow.config import Params, load_params
 from reftflow.env import apply_defaults
-from reftflow.errors import InputError
+from reftflow.errors import DiskFull, InputError, ResourceError
 
 EXIT_BAD_INPUT = 2
 EXIT_CRASH = 1
@@ -87,6 +89,34 @@ def _report_exit(stage: str, exc: SystemExit) -> None:
     _write_report(StageReport(stage, code, message))
 
 
+_NO_SPACE = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+             errno.EFBIG: "a write failed on the file size limit or a full disk"}
+
+
+_NO_SPACE_TEXT = {errno.ENOSPC: re.compile(r"no space left|os error 28|ENOSPC", re.I),
+                  errno.EDQUOT: re.compile(r"quota exceeded|os error 122", re.I),
+                  errno.EFBIG: re.compile(r"file too large|FileTooLarge|os error 27|file write failed", re.I)}
+
+
+def as_resource_error(e: BaseException) -> ResourceError | None:
+    """A full disk (however deep the library that hit it wrapped it) as one DiskFull line; a tracking
+    failure as itself; None for anything else."""
+    if isinstance(e, ResourceError):
+        return e
+    seen: BaseException | None = e
+    while seen is not None:
+        # torch and safetensors report a failed write as RuntimeError text, not an OSError
+        code = seen.errno if isinstance(seen, OSError) else next(
+            (c for c, pattern in _NO_SPACE_TEXT.items() if pattern.search(str(seen))), None)
+        if code in _NO_SPACE:
+            name = getattr(seen, "filename", None)
+            where = f" writing {name}" if name else ""
+            return DiskFull(f"{_NO_SPACE[code]}{where}: the previous outputs are intact (every output is "
+                            "written to a temp path and renamed); free space and run again")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -111,7 +141,13 @@ def main(stage: str, description: str, run: Callable[[Params, argparse.Namespace
     except SystemExit as e:  # the stage chose its own exit (ppo: 3 on divergence, after its error line)
         _report_exit(stage, e)
         raise
-    except BaseException as e:  # a bug: report it in one line, and keep the traceback for whoever fixes it
+    except BaseException as e:
+        resource = as_resource_error(e)
+        if resource is not None:  # the machine, not the code: one line, no traceback
+            _write_report(StageReport(stage, resource.exit_code, str(resource)))
+            print(f"reftflow {stage}: error: {resource}", file=sys.stderr)
+            sys.exit(resource.exit_code)
+        # a bug: report it in one line, and keep the traceback for whoever fixes it
         _write_report(StageReport(stage, EXIT_CRASH, _one_line(e)))
         raise
     _write_report(StageReport(stage, 0))

@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from reftflow.errors import TrackingUnavailable
+
 PARENT_ENV = "REFTFLOW_PARENT_RUN_ID"
 EXPERIMENT_ENV = "REFTFLOW_EXPERIMENT"
 DEFAULT_EXPERIMENT = "reftflow"
@@ -83,7 +85,7 @@ def _mlflow(project_dir: str | Path = "."):
 
 
 def _experiment_id(mlflow, name: str, project_dir: str | Path = ".") -> str:
-    exp = mlflow.get_experiment_by_name(name)
+    exp = RetryingClient(mlflow.get_tracking_uri()).get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     # an absolute artifact root in the project: the default is resolved against the CWD at creation time
@@ -94,15 +96,59 @@ def _experiment_id(mlflow, name: str, project_dir: str | Path = ".") -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+TRACKING_ATTEMPTS = 4
+"""tries of one MLflow call before the stage gives up (1 + 2 + 4 s apart; MLflow's own HTTP retries
+inside each try are bounded in reftflow/env.py)."""
+_TRANSIENT = ("database is locked", "database table is locked", "unable to open database", "connection",
+              "max retries", "timed out", "timeout", "temporarily unavailable", "502", "503", "504")
+
+
+def _transient(e: Exception) -> bool:
+    """A locked SQLite store or an unreachable server, which may pass; not a refused request."""
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(t in str(e).lower() for t in _TRANSIENT)
+
+
+class RetryingClient:
+    """An MlflowClient whose calls are retried a bounded number of times on a locked store or a server
+    that does not answer, and then fail with one TrackingUnavailable line."""
+
+    def __init__(self, uri: str, attempts: int = TRACKING_ATTEMPTS):
+        from mlflow.tracking import MlflowClient
+
+        self._client, self._uri, self._attempts = MlflowClient(tracking_uri=uri), uri, attempts
+
+    def __getattr__(self, name: str):
+        import time
+
+        call = getattr(self._client, name)
+        if not callable(call):
+            return call
+
+        def retried(*args, **kwargs):
+            for attempt in range(self._attempts):
+                try:
+                    return call(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - MLflow wraps SQLAlchemy and requests errors in its own
+                    if not _transient(e):
+                        raise
+                    if attempt == self._attempts - 1:
+                        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                        raise TrackingUnavailable(
+                            f"MLflow at {self._uri} failed {self._attempts} times on {name} ({first}); "
+                            "nothing is lost: run again once MLflow answers (sft and ppo resume from their "
+                            "checkpoints and only log what they already trained)") from None
+                    time.sleep(2 ** attempt)
+
+        return retried
+
+
 class RunLogger:
     """Logs into one MLflow run by id (works from any thread; no reliance on the active run)."""
 
     def __init__(self, mlflow, run_id: str):
         self.mlflow = mlflow
         self.run_id = run_id
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+        self.client = RetryingClient(mlflow.get_tracking_uri())
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -177,7 +223,8 @@ def _run(mlflow, exp_id: str, name: str, tags: dict[str, str], params: Mapping[s
     commit = git_commit(project_dir)
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    run = mlflow.MlflowClient().create_run(exp_id, run_name=name, tags=tags)
+    tags[PROJECT_TAG] = project_key(project_dir)
+    run = RetryingClient(mlflow.get_tracking_uri()).create_run(exp_id, run_name=name, tags=tags)
     logger = RunLogger(mlflow, run.info.run_id)
     if params:
         logger.log_params(flatten(params))
@@ -222,12 +269,38 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
     parent = os.environ.get(PARENT_ENV)
     tags = {"reftflow.stage": stage, "reftflow.kind": "stage"}
     if parent:
-        exp_id = mlflow.get_run(parent).info.experiment_id
+        exp_id = RetryingClient(mlflow.get_tracking_uri()).get_run(parent).info.experiment_id
         tags["mlflow.parentRunId"] = parent
     else:
         exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
     with _run(mlflow, exp_id, stage, tags, params) as logger:
         yield logger
+
+
+PROJECT_TAG = "reftflow.project"
+
+
+def project_key(project_dir: str | Path = ".") -> str:
+    """Which project a run belongs to (host and directory): projects may share one tracking server."""
+    import socket
+
+    return f"{socket.gethostname()}:{Path(project_dir).resolve()}"
+
+
+def close_orphaned_runs(project_dir: str | Path = ".") -> list[str]:
+    """Mark KILLED the runs of this project still RUNNING although no run of it is active (the caller
+    holds the project's run lock): what a SIGKILLed run leaves behind. Returns their ids."""
+    mlflow = _mlflow(project_dir)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                              f"tags.`{PROJECT_TAG}` = '{project_key(project_dir)}'", max_results=1000)
+    for run in runs:
+        client.set_tag(run.info.run_id, "reftflow.stop_reason", "killed: found RUNNING by the next run")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return [r.info.run_id for r in runs]
 
 
 def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:

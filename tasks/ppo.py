@@ -74,20 +74,46 @@ def report_too_long(algo, records, cfg, run_log) -> None:
               f"tokens of the model's {context}-token context", file=sys.stderr)
 
 
-def train(algo, cfg, val, grader, run_log) -> list[dict[str, float]]:
+CURVE_LOG = "metrics.jsonl"
+"""every step's metrics, beside the checkpoints: a resumed run's record and curve start at step 1."""
+
+
+def replay_curve(ckpt: Path, resumed_step: int, run_log) -> list[dict[str, float]]:
+    """The steps a killed run already did (up to the checkpoint it resumes from), logged again to this
+    run and returned as curve rows; the log keeps only those (later lines are about to be redone)."""
+    log = ckpt / CURVE_LOG
+    if not resumed_step or not log.exists():
+        log.unlink(missing_ok=True)
+        return []
+    logged = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    logged = [m for m in logged if int(m["step"]) <= resumed_step]
+    log.write_text("".join(json.dumps(m) + "\n" for m in logged))
+    for m in logged:
+        run_log.log_metrics(m, step=int(m["step"]))
+    return [curve_row(m) for m in logged]
+
+
+def train(algo, cfg, val, grader, run_log, metrics_log: Path | None = None) -> list[dict[str, float]]:
     """The stage's loop: log every step's metrics (and the validation ones every `eval_interval`
-    steps), show a progress bar, return the curve."""
+    steps), show a progress bar, return the curve of the steps it ran. `metrics_log`: where each step's
+    metrics are also appended (see `replay_curve`)."""
     from tqdm import tqdm
 
     from reftflow.distributed import is_main_process
 
     curve = []
-    with tqdm(total=cfg.steps, desc="rl", unit="step", disable=not is_main_process(), file=sys.stderr) as bar:
+    start = getattr(algo, "step", 0)
+    with tqdm(total=cfg.steps, initial=start, desc="rl", unit="step", disable=not is_main_process(),
+              file=sys.stderr) as bar:
         for metrics in algo.train():
             step = int(metrics["step"])
             if cfg.eval_interval and val and (step % cfg.eval_interval == 0 or step == cfg.steps):
                 metrics = {**metrics, **validate(algo, val, grader, cfg)}
             run_log.log_metrics(metrics, step=step)
+            if metrics_log is not None:
+                metrics_log.parent.mkdir(parents=True, exist_ok=True)
+                with metrics_log.open("a") as f:
+                    f.write(json.dumps({k: float(v) for k, v in metrics.items()}) + "\n")
             curve.append(curve_row(metrics))
             bar.set_postfix({k: f"{metrics[key]:.3f}" for k, key in (("reward", "train_reward_mean"), ("kl", "rl/kl"))
                              if key in metrics})
@@ -114,8 +140,13 @@ def run(params: Params, args) -> None:
         algo = build_algorithm(cfg.algorithm, paths.SFT_MODEL, records, cfg, grader, paths.PPO_MODEL, params.seed,
                                checkpoint_dir=ckpt, torch_threads=params.model.torch_threads, model_cfg=params.model)
         report_too_long(algo, records, cfg, run_log)
+        resumed = getattr(algo, "step", 0)  # >0: the algorithm picked up a checkpoint under ckpt
+        if resumed:
+            print(f"ppo: resuming from step {resumed} of {cfg.steps} (checkpoint in {ckpt})", flush=True)
+        done = replay_curve(ckpt, resumed, run_log)
         try:
-            curve = train(algo, cfg, read_records(paths.VAL) if cfg.eval_interval else [], grader, run_log)
+            curve = done + train(algo, cfg, read_records(paths.VAL) if cfg.eval_interval else [], grader, run_log,
+                                 ckpt / CURVE_LOG)
         except TrainingDiverged as e:
             # nothing reaches models/ppo, the stage fails, the flow stops before gate: nothing is promoted
             run_log.set_tags({"reftflow.ppo.stop_reason": f"diverged: {e}"})

@@ -7,6 +7,11 @@ records that it did, and RL starts from the base model.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
 from reftflow import paths
 from reftflow.config import Params
 from reftflow.stage import main
@@ -38,8 +43,9 @@ def run(params: Params, _args) -> None:
                 curve.append(row)
                 run_log.log_metrics({f"sft/{k}": v for k, v in row.items()}, step=step)
 
+        ckpt = checkpoint_dir(params)
         summary = train_sft(records, params.model, params.sft, paths.SFT_MODEL, params.seed, on_log=on_log,
-                            base_dir=paths.BASE_MODEL)
+                            base_dir=paths.BASE_MODEL, checkpoint_dir=ckpt)
         run_log.log_metrics({f"sft/{k}": v for k, v in summary.items()})
         write_csv(paths.SFT_LOSS, curve, CURVE_FIELDS)
         write_json(paths.SFT_METRICS, summary)
@@ -50,11 +56,24 @@ def run(params: Params, _args) -> None:
             run_log.log_figure(curves_figure(curve, ["loss", "mean_token_accuracy", "learning_rate"], "SFT warm-up"),
                                "plots/sft_curves.png")
         run_log.log_artifact(paths.SFT_MODEL, "model")
+    shutil.rmtree(ckpt, ignore_errors=True)  # logged: a rerun with the same inputs is DVC-cached anyway
     print(f"sft: {int(summary['train_examples'])} worked examples, {int(summary['global_steps'])} steps, "
           f"final loss {curve[-1]['loss'] if curve else float('nan'):.3f}")
     if summary["too_long"]:
         print(f"sft: warning: {int(summary['too_long'])} examples are longer than model.max_length="
               f"{int(summary['max_length'])} tokens and were truncated (raise model.max_length or shorten them)")
+
+
+def checkpoint_dir(params: Params) -> Path:
+    """Where this run's Trainer checkpoints go, keyed by everything that shapes the training: a rerun
+    with other inputs never resumes a stranger's checkpoint (how often one is written is not part of it)."""
+    from reftflow.tracking import file_md5
+
+    inputs = [p for p in (paths.TRAIN, paths.SFT_DATA, *sorted(paths.BASE_MODEL.glob("*"))) if p.is_file()]
+    key = json.dumps({"seed": params.seed, "model": params.model.model_dump(),
+                      "sft": params.sft.model_dump(exclude={"checkpoint_every", "logging_steps"}),
+                      "inputs": {str(p): file_md5(p) for p in inputs}}, sort_keys=True)
+    return paths.CHECKPOINTS / "sft" / hashlib.md5(key.encode()).hexdigest()[:12]
 
 
 def log_base_identity(run_log) -> None:

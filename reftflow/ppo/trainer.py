@@ -163,8 +163,8 @@ class PPOTrainer:
                 if is_main_process():
                     log.warning(self.stop_reason)
                 break
-            if self.checkpoint_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
-                    and self.step < cfg.steps:
+            if self.checkpoint_dir and cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0
+                                                                or self.step == cfg.steps):
                 self.save_checkpoint()
 
     def save(self) -> None:
