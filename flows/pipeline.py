@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", default=datetime.now().strftime("%Y%m%d-%H%M%S"),
                         help="suffix of the Prefect flow run and MLflow parent run names")
     args = parser.parse_args(argv)
+    from reftflow.errors import ResourceError
     from reftflow.run_lock import EXIT_BUSY, RunActive, hold
     from reftflow.stage import user_errors
 
@@ -317,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             state.result()
     except RunActive as e:
         return _fail(f"reftflow: error: {e}", EXIT_BUSY)
+    except ResourceError as e:  # the flow's own MLflow calls (the parent run) found no tracking store
+        return _fail(f"reftflow: error: {e}", e.exit_code)
     except user_errors() as e:
         return _fail(f"reftflow: error: {e}", EXIT_BAD_INPUT)
     except StageBadInput as e:

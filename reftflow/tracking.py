@@ -233,7 +233,12 @@ def _run(mlflow, exp_id: str, name: str, tags: dict[str, str], params: Mapping[s
         yield logger
         status = "FINISHED"
     finally:
-        logger.client.set_terminated(run.info.run_id, status=status)
+        try:
+            logger.client.set_terminated(run.info.run_id, status=status)
+        except TrackingUnavailable:
+            if status == "FINISHED":
+                raise
+            # the block's own error says more; the run stays RUNNING until the next run marks it KILLED
 
 
 @contextlib.contextmanager
@@ -290,8 +295,7 @@ def project_key(project_dir: str | Path = ".") -> str:
 def close_orphaned_runs(project_dir: str | Path = ".") -> list[str]:
     """Mark KILLED the runs of this project still RUNNING although no run of it is active (the caller
     holds the project's run lock): what a SIGKILLed run leaves behind. Returns their ids."""
-    mlflow = _mlflow(project_dir)
-    client = mlflow.MlflowClient()
+    client = RetryingClient(_mlflow(project_dir).get_tracking_uri())
     exp = client.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
     if exp is None:
         return []

@@ -54,10 +54,14 @@ def save(directory: Path, step: int, save_policy: Callable[[Path], None], state:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(_rng_state(), tmp / f"rng_state_{rank}.pt")
-    if rank == 0:
-        save_policy(tmp)
-        torch.save({"step": step, **state()}, tmp / STATE_FILE)
+    try:
+        torch.save(_rng_state(), tmp / f"rng_state_{rank}.pt")
+        if rank == 0:
+            save_policy(tmp)
+            torch.save({"step": step, **state()}, tmp / STATE_FILE)
+    except BaseException:  # a full disk: the previous checkpoint stays the newest, no half-written one
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     barrier()
     if rank == 0:
         (tmp / META_FILE).write_text(json.dumps({"step": step}))  # last: marks the checkpoint complete
