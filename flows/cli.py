@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Same as `python -m flows.pipeline`: prepare → base → sft → ppo → evaluate → gate.")
     run.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")
     run.set_defaults(func=_run_pipeline)
+    from flows import deploy
+
+    serve = sub.add_parser("serve", help="serve the pipeline as a Prefect deployment on a cron (default nightly)",
+                           description=deploy.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    deploy.add_arguments(serve).set_defaults(func=deploy.run)
     return parser
 
 

@@ -93,7 +93,7 @@ def test_env_defaults_reach_prefect_before_it_reads_its_settings():
     assert proc.stdout.split()[0] == "300"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["grade", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["grade", "--help"], ["serve", "--help"]])
 def test_console_script_answers_help(args):
     script = Path(sys.executable).parent / "reftflow"
     assert script.exists(), "console script missing: pip install -e . (make setup) generates it"
