@@ -70,3 +70,21 @@ ppo: {algorithm: ppo, steps: 2, questions_per_step: 4, samples_per_question: 2, 
 evaluate: {max_new_tokens: 12, batch_size: 12, num_logged_samples: 3}
 gate: {min_pass_rate: 0.0, min_gain: -1.0}
 """
+
+
+# what the reliability suite attacked, counted from the results (docs/reliability.md)
+_ATTACKS = {"bad inputs": "test_bad_inputs.py::test_a_bad_input_is_one_line_and_exit_2[",
+            "kill points": "test_kill_points.py::test_kill_the_whole_flow_then_run_again[",
+            "two-at-once and resource cases": "test_concurrency_and_resources.py::"}
+
+
+def pytest_terminal_summary(terminalreporter):
+    counts = {}
+    for label, prefix in _ATTACKS.items():
+        for outcome in ("passed", "failed"):
+            n = sum(prefix in r.nodeid for r in terminalreporter.stats.get(outcome, []) if r.when == "call")
+            counts.setdefault(label, {})[outcome] = n
+    if any(sum(c.values()) for c in counts.values()):
+        terminalreporter.write_sep("-", "reliability")
+        for label, c in counts.items():
+            terminalreporter.write_line(f"{label}: {c['passed']} passed, {c['failed']} failed")
