@@ -1,0 +1,131 @@
+"""Operations on a finished run: its MLflow record, `reftflow rerun`, `predict`, `mlflow models serve`, `status`.
+
+One tiny pipeline run (in a project with an uncommitted edit and an untracked file, so the record
+must carry a diff) is shared by the tests here; the rerun runs the pipeline a second time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_PARAMS, make_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+EDIT = "\n# an uncommitted edit the record must carry\n"
+
+
+def _env(uri: str, tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PYTHONPATH", "REFTFLOW_PARENT_RUN_ID")}
+    return {**env, "MLFLOW_TRACKING_URI": uri, "PREFECT_HOME": str(tmp / "prefect")}
+
+
+def _cli(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "flows.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, prefect_server):
+    """(project, parent run id, tracking uri, tmp) after one tiny pipeline run on a dirty tree."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+
+    tmp = tmp_path_factory.mktemp("ops")
+    project = make_project(tmp / "proj", TINY_PARAMS)
+    with open(project / "reftflow" / "gate.py", "a") as f:
+        f.write(EDIT)
+    (project / "notes.txt").write_text("untracked, and recorded\n")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        summary = pipeline(project_dir=str(project), run_name="original")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI") if old is None else os.environ.update(MLFLOW_TRACKING_URI=old)
+    assert summary["gate"]["decision"] == "pass"
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`reftflow.kind` = 'pipeline'")
+    assert len(runs) == 1
+    return project, runs[0].info.run_id, uri, tmp
+
+
+def test_the_parent_run_records_everything_a_rerun_needs(recorded):
+    from mlflow.tracking import MlflowClient
+
+    project, run_id, uri, tmp = recorded
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    tags, params = run.data.tags, run.data.params
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head and tags["reftflow.git.dirty"] == "true"
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] == "flows/pipeline.py"
+    assert tags["reftflow.seed"] == "0" and params["seed"] == "0"
+    assert tags["reftflow.project_dir"] == str(project) and tags["reftflow.dvc.cache"] == str(project / ".dvc/cache")
+    record = {f.path for f in client.list_artifacts(run_id, "record")}
+    assert record == {"record/params.yaml", "record/dvc.lock", "record/git.diff", "record/data_md5.json"}
+    diff = Path(client.download_artifacts(run_id, "record/git.diff", str(tmp / "dl"))).read_text()
+    assert "an uncommitted edit the record must carry" in diff and "notes.txt" in diff
+    lock = Path(client.download_artifacts(run_id, "record/dvc.lock", str(tmp / "dl"))).read_text()
+    assert lock == (project / "dvc.lock").read_text()  # as the run left it, not as it started
+    train_md5 = next(o["md5"] for o in yaml.safe_load(lock)["stages"]["prepare"]["outs"]
+                     if o["path"] == "data/prepared/train.jsonl")
+    assert tags["reftflow.data.train.md5"] == train_md5
+    import torch
+
+    assert params["pkg.torch"] == torch.__version__ and params["pkg.mlflow"] and params["pkg.dvc"]
+    assert params["machine.cpu_count"] == str(os.cpu_count()) and params["machine.gpu"]
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert children and all(c.data.tags["mlflow.source.git.commit"] == head for c in children)
+    assert {c.data.tags["mlflow.source.name"] for c in children} == {f"tasks/{c.info.run_name}.py" for c in children}
+
+
+def test_rerun_rebuilds_the_run_and_reproduces_its_evaluation(recorded):
+    project, run_id, uri, tmp = recorded
+    dest = tmp / "rerun"
+    proc = _cli("rerun", run_id, "--dir", str(dest), "--project-dir", str(project), env=_env(uri, tmp))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "metrics/eval.json is identical to the original run's" in proc.stdout
+    assert "stages run: prepare, base, sft, ppo, evaluate, gate;" in proc.stdout  # recomputed, not restored
+    # the state it was rebuilt from: the commit, the diff (an edit and an untracked file), params and lock
+    assert (dest / "reftflow" / "gate.py").read_text().endswith(EDIT)
+    assert (dest / "notes.txt").exists()
+    assert (dest / "params.yaml").read_text() == (project / "params.yaml").read_text()
+    for rel in ("metrics/eval.json", "data/predictions/val.jsonl", "data/prepared/train.jsonl"):
+        assert (dest / rel).read_bytes() == (project / rel).read_bytes(), rel
+    assert not (dest / "mlflow.db").samefile(project.parent / "mlflow.db")
+
+
+def test_rerun_without_running_restores_the_data_from_the_original_cache(recorded):
+    project, run_id, uri, tmp = recorded
+    dest = tmp / "rebuilt"
+    proc = _cli("rerun", run_id, "--dir", str(dest), "--project-dir", str(project), "--no-run",
+                env=_env(uri, tmp), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rel in ("data/prepared/val.jsonl", "models/ppo/model.safetensors"):
+        assert (dest / rel).read_bytes() == (project / rel).read_bytes(), rel
+    assert not (dest / "metrics/eval.json").exists()  # not cached by DVC: the pipeline recomputes it
+
+
+def test_rerun_refuses_an_unknown_run_in_one_line(recorded):
+    project, _, uri, tmp = recorded
+    proc = _cli("rerun", "0123abcd", "--dir", str(tmp / "nowhere"), "--project-dir", str(project),
+                env=_env(uri, tmp), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"reftflow rerun: error: run '0123abcd': no such MLflow run in {uri}"]
