@@ -101,12 +101,14 @@ def test_rerun_rebuilds_the_run_and_reproduces_its_evaluation(recorded):
     proc = _cli("rerun", run_id, "--dir", str(dest), "--project-dir", str(project), env=_env(uri, tmp))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "metrics/eval.json is identical to the original run's" in proc.stdout
-    assert "stages run: prepare, base, sft, ppo, evaluate, gate;" in proc.stdout  # recomputed, not restored
+    # recomputed, not restored (base writes only models/base, which the pull restored: DVC skips it)
+    assert "stages run: prepare, sft, ppo, evaluate, gate; up to date: base" in proc.stdout + proc.stderr
     # the state it was rebuilt from: the commit, the diff (an edit and an untracked file), params and lock
     assert (dest / "reftflow" / "gate.py").read_text().endswith(EDIT)
     assert (dest / "notes.txt").exists()
     assert (dest / "params.yaml").read_text() == (project / "params.yaml").read_text()
-    for rel in ("metrics/eval.json", "data/predictions/val.jsonl", "data/prepared/train.jsonl"):
+    for rel in ("metrics/eval.json", "data/predictions/val.jsonl", "data/prepared/train.jsonl",
+                "models/sft/model.safetensors", "models/ppo/model.safetensors"):
         assert (dest / rel).read_bytes() == (project / rel).read_bytes(), rel
     assert not (dest / "mlflow.db").samefile(project.parent / "mlflow.db")
 
@@ -129,3 +131,104 @@ def test_rerun_refuses_an_unknown_run_in_one_line(recorded):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"reftflow rerun: error: run '0123abcd': no such MLflow run in {uri}"]
+
+
+def _first_val_question(project: Path) -> tuple[str, str]:
+    """The first held-out question and the RL model's answer to it in the evaluation."""
+    item = json.loads((project / "data/prepared/val.jsonl").read_text().splitlines()[0])
+    rows = [json.loads(line) for line in (project / "data/predictions/val.jsonl").read_text().splitlines()]
+    answer = next(r["output"] for r in rows if r["model"] == "ppo" and r["id"] == item["id"])
+    return item["item"]["question"], answer.strip()
+
+
+def test_predict_answers_from_the_champion_as_the_evaluation_did(recorded):
+    project, _, uri, tmp = recorded
+    question, expected = _first_val_question(project)
+    proc = _cli("predict", question, "--project-dir", str(project), env=_env(uri, tmp), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == expected
+    missing = _cli("predict", question, "--model", "7", "--project-dir", str(project), env=_env(uri, tmp), timeout=300)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert missing.stderr.startswith("reftflow predict: error: models:/reftflow-policy/7: no such model in ")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_an_http_request_for_the_champion(recorded):
+    project, _, uri, tmp = recorded
+    question, expected = _first_val_question(project)
+    port = _free_port()
+    venv_bin = str(Path(PY).parent)  # as with the venv activated: mlflow execs `uvicorn` from PATH
+    env = {**_env(uri, tmp), "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
+    server = subprocess.Popen([str(Path(venv_bin) / "mlflow"), "models", "serve",
+                               "-m", "models:/reftflow-policy@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "wb"),
+                              start_new_session=True)  # its own group: the workers it starts stop with it
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert server.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 240 s"
+            time.sleep(1)
+        body = json.dumps({"dataframe_records": [{"question": question}]}).encode()
+        req = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert r.status == 200
+            answer = json.loads(r.read())
+        assert [a.strip() for a in answer["predictions"]] == [expected]
+    finally:
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (the uvicorn it execs and its workers), SIGKILL after 30 s."""
+    for sig, wait in ((15, 30), (9, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_status_shows_what_is_stale_the_last_run_and_the_champion(recorded):
+    project, run_id, uri, tmp = recorded
+    env = _env(uri, tmp)
+    proc = _cli("status", "--project-dir", str(project), env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "stale (DVC): nothing; every stage is up to date" in out
+    assert f"last run: {run_id} (pipeline-original), started " in out and "FINISHED; gate PASS" in out
+    assert "champion: reftflow-policy v1, registered " in out and f"by pipeline run {run_id}" in out
+    assert "ppo/pass_rate" in out
+    params_text = (project / "params.yaml").read_text()
+    try:
+        params = yaml.safe_load(params_text)
+        params["evaluate"]["batch_size"] = 5
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = _cli("status", "--project-dir", str(project), env=env, timeout=300).stdout
+        assert "  evaluate: params: evaluate.batch_size\n  and downstream of them: gate\n" in out
+    finally:
+        (project / "params.yaml").write_text(params_text)
+
+
+def test_status_outside_a_project_is_one_line(tmp_path):
+    proc = _cli("status", "--project-dir", str(tmp_path), env=_env(f"sqlite:///{tmp_path}/x.db", tmp_path), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"reftflow status: error: {tmp_path}: not a reftflow project "
+                                                "(no params.yaml and dvc.yaml; pass --project-dir)"]
