@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from reftflow.errors import InputError
@@ -43,8 +44,11 @@ def predict(request, uri: str, project_dir: str | Path = ".") -> list[str]:
     from reftflow.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(project_dir))
+    _quiet()
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with warnings.catch_warnings():  # MLflow's advice to add type hints, printed at every load
+            warnings.simplefilter("ignore", UserWarning)
+            model = mlflow.pyfunc.load_model(uri)
     except Exception as e:  # noqa: BLE001 - MLflow's errors for a missing model, version or alias
         raise InputError(f"{uri}: no such model in {mlflow.get_tracking_uri()} (the gate registers one when it "
                          f"passes; {str(e).splitlines()[0][:160]})") from None
@@ -52,6 +56,13 @@ def predict(request, uri: str, project_dir: str | Path = ".") -> list[str]:
         return model.predict(request)
     except (InputError, MissingField) as e:  # the item lacks a field the model's prompt template reads
         raise InputError(f"{e} (pass the whole item with --json)") from None
+
+
+def _quiet() -> None:
+    """The answer is the output: no weight-loading progress bar around it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

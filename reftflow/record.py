@@ -37,8 +37,9 @@ class GitState:
     """untracked files left out of `diff` (over MAX_UNTRACKED_BYTES)."""
 
 
-def git_state(project_dir: str | Path = ".") -> GitState:
-    """The project's git state; commit None when it is not a git repo (or git is missing)."""
+def git_state(project_dir: str | Path = ".", with_diff: bool = True) -> GitState:
+    """The project's git state; commit None when it is not a git repo (or git is missing).
+    `with_diff=False` leaves the diff out (a stage's run needs only the dirty flag)."""
     try:
         head = _git(project_dir, "rev-parse", "HEAD")
     except (OSError, subprocess.TimeoutExpired):
@@ -47,8 +48,8 @@ def git_state(project_dir: str | Path = ".") -> GitState:
         return GitState(None, None, False, "")
     branch = _git(project_dir, "rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
     status = _git(project_dir, "status", "--porcelain").stdout
-    if not status.strip():
-        return GitState(head.stdout.strip(), branch if branch != "HEAD" else None, False, "")
+    if not status.strip() or not with_diff:
+        return GitState(head.stdout.strip(), branch if branch != "HEAD" else None, bool(status.strip()), "")
     diff = _git(project_dir, "diff", "--binary", "HEAD").stdout
     skipped = []
     untracked = _git(project_dir, "ls-files", "--others", "--exclude-standard", "-z").stdout.split("\0")

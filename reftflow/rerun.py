@@ -122,6 +122,17 @@ def run_pipeline(dest: Path, run_id: str) -> int:
     return code
 
 
+def version_warnings(run_id: str, project_dir: str | Path = ".") -> list[str]:
+    """Installed packages whose version differs from the recorded one: the rerun may then differ (a
+    project made by `reftflow init` also runs the installed reftflow, not the recorded one)."""
+    from reftflow.record import package_versions
+
+    _, run = pipeline_record(run_id, project_dir)
+    recorded = {k.removeprefix("pkg."): v for k, v in run.data.params.items() if k.startswith("pkg.")}
+    return [f"{name} is {now} here, the run had {recorded[name]}" for name, now in package_versions().items()
+            if name in recorded and recorded[name] != now]
+
+
 def original_eval(run_id: str, project_dir: str | Path = ".") -> dict | None:
     """metrics/eval.json as the original run's evaluate stage logged it (None if it never ran)."""
     client = _client(project_dir)
@@ -160,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"reftflow rerun: error: {e}", file=sys.stderr)
         return 1
     print(f"reftflow rerun: run {args.run_id} rebuilt in {dest}", flush=True)
+    for line in version_warnings(args.run_id, args.project_dir):
+        print(f"reftflow rerun: warning: {line}", flush=True)
     if args.no_run:
         return 0
     code = run_pipeline(dest, args.run_id)

@@ -170,11 +170,9 @@ class RunLogger:
         return md5
 
 
-def source_tags(project_dir: str | Path, entry_point: str) -> dict[str, str]:
-    """MLflow's own source tags (its runs list shows them in the Source column) and the dirty flag."""
-    from reftflow.record import git_state
-
-    git = git_state(project_dir)
+def source_tags(git, entry_point: str) -> dict[str, str]:
+    """MLflow's own source tags (its runs list shows them in the Source column) and the dirty flag,
+    from a `reftflow.record.GitState`."""
     tags = {"mlflow.source.name": entry_point, "mlflow.source.type": "LOCAL"}
     if git.commit:
         tags.update({"mlflow.source.git.commit": git.commit, "reftflow.git.dirty": str(git.dirty).lower()})
@@ -214,7 +212,7 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
     mlflow = _mlflow(project)
     exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT), project)
     git = record.git_state(project)
-    run_tags = {"reftflow.kind": "pipeline", **source_tags(project, "flows/pipeline.py"),
+    run_tags = {"reftflow.kind": "pipeline", **source_tags(git, "flows/pipeline.py"),
                 "reftflow.project_dir": str(project), "reftflow.seed": str(params.get("seed")), **(tags or {})}
     cache = record.dvc_cache_dir(project)
     if cache:
@@ -235,6 +233,11 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
             logger.set_tags({f"reftflow.data.{Path(p).stem}.md5": m for p, m in md5s.items()})
             if md5s:
                 logger.log_dict(md5s, f"{RECORD}/data_md5.json")
+            from reftflow import paths
+
+            for path, name, context in ((paths.TRAIN, "train", "training"), (paths.VAL, "val", "evaluation")):
+                if str(path) in md5s and (project / path).exists():  # the runs list's Dataset column
+                    logger.log_dataset(project / path, name, context)
 
 
 class NullLogger:
@@ -251,6 +254,7 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
     """A child run for one stage under the parent named in REFTFLOW_PARENT_RUN_ID (or a top-level
     run tagged with the stage when a stage is run alone, e.g. by a bare `dvc repro`)."""
     from reftflow.distributed import is_main_process
+    from reftflow.record import git_state
 
     if not is_main_process():
         yield NullLogger()  # type: ignore[misc]
@@ -263,7 +267,7 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         tags["mlflow.parentRunId"] = parent
     else:
         exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
-    tags.update(source_tags(".", f"tasks/{stage}.py"))  # a stage runs in the project directory
+    tags.update(source_tags(git_state(".", with_diff=False), f"tasks/{stage}.py"))  # it runs in the project
     with _run(mlflow, exp_id, stage, tags, params) as logger:
         yield logger
 

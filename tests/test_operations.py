@@ -89,10 +89,28 @@ def test_the_parent_run_records_everything_a_rerun_needs(recorded):
 
     assert params["pkg.torch"] == torch.__version__ and params["pkg.mlflow"] and params["pkg.dvc"]
     assert params["machine.cpu_count"] == str(os.cpu_count()) and params["machine.gpu"]
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [train_md5, tags["reftflow.data.val.md5"]]
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     children = client.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
     assert children and all(c.data.tags["mlflow.source.git.commit"] == head for c in children)
     assert {c.data.tags["mlflow.source.name"] for c in children} == {f"tasks/{c.info.run_name}.py" for c in children}
+
+
+def test_an_experiment_made_before_gets_its_kind_too(recorded):
+    import mlflow
+
+    from reftflow.tracking import _experiment_id
+
+    _, _, uri, _ = recorded
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        old = mlflow.create_experiment("made-before")
+        assert "mlflow.experimentKind" not in mlflow.get_experiment(old).tags
+        assert _experiment_id(mlflow, "made-before") == old
+        assert mlflow.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    finally:
+        mlflow.set_tracking_uri(before)
 
 
 def test_rerun_rebuilds_the_run_and_reproduces_its_evaluation(recorded):
