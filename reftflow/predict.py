@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 from reftflow.errors import InputError
@@ -46,9 +45,7 @@ def predict(request, uri: str, project_dir: str | Path = ".") -> list[str]:
     mlflow.set_tracking_uri(tracking_uri(project_dir))
     _quiet()
     try:
-        with warnings.catch_warnings():  # MLflow's advice to add type hints, printed at every load
-            warnings.simplefilter("ignore", UserWarning)
-            model = mlflow.pyfunc.load_model(uri)
+        model = mlflow.pyfunc.load_model(uri)
     except Exception as e:  # noqa: BLE001 - MLflow's errors for a missing model, version or alias
         raise InputError(f"{uri}: no such model in {mlflow.get_tracking_uri()} (the gate registers one when it "
                          f"passes; {str(e).splitlines()[0][:160]})") from None
