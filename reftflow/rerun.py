@@ -2,8 +2,8 @@
 
 From the MLflow parent run's record (reftflow.tracking.pipeline_run): a git clone of the project at
 the recorded commit, with the recorded diff applied when the tree was dirty, the recorded params.yaml
-and dvc.lock, and the data and models dvc.lock names through `dvc pull` (from the project's default
-DVC remote, else from the original project's DVC cache, added as a local remote). Then the pipeline
+and dvc.lock, and the data and models dvc.lock names through `dvc pull` (from the original project's DVC
+cache, added as a local remote, then from the project's default DVC remote). Then the pipeline
 runs there, with its own MLflow store (D/mlflow.db: a rerun never touches the original's registry),
 and its metrics/eval.json is compared with the original run's.
 
@@ -83,25 +83,30 @@ def rebuild(run_id: str, directory: str | Path, project_dir: str | Path = ".") -
         for name in ("params.yaml", "dvc.lock"):
             if (record / name).exists():
                 (dest / name).write_bytes((record / name).read_bytes())
-    _pull(dest, tags.get("reftflow.dvc.cache"))
+    for warning in _pull(dest, tags.get("reftflow.dvc.cache")):
+        print(f"reftflow rerun: warning: {warning}", file=sys.stderr)
     return dest
 
 
-def _pull(dest: Path, origin_cache: str | None) -> None:
-    """The outputs dvc.lock names, from the default remote or else the original project's cache;
-    what neither holds any more (a `dvc gc`) is left for the pipeline to recompute."""
+def _pull(dest: Path, origin_cache: str | None) -> list[str]:
+    """The outputs dvc.lock names: from the original project's DVC cache (on this machine, it holds them
+    unless a `dvc gc` removed them), then from the project's default remote for anything still missing.
+    What neither holds is left for the pipeline to recompute. Returns warnings."""
     dvc = [sys.executable, "-m", "dvc"]
-    remote = _check([*dvc, "remote", "default"], dest, "dvc remote default").strip() if _has_default(dest) else ""
-    if not remote and origin_cache and Path(origin_cache).is_dir():
+    sources = []
+    if origin_cache and Path(origin_cache).is_dir():
         _check([*dvc, "remote", "add", "--local", ORIGIN_REMOTE, origin_cache], dest, "dvc remote add")
-        remote = ORIGIN_REMOTE
-    if remote:
-        _check([*dvc, "pull", "-q", "--allow-missing", "-r", remote], dest, f"dvc pull from {remote}")
-
-
-def _has_default(dest: Path) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "remote", "default"], cwd=dest, capture_output=True, text=True)
-    return proc.returncode == 0 and bool(proc.stdout.strip())
+        sources.append(ORIGIN_REMOTE)
+    default = subprocess.run([*dvc, "remote", "default"], cwd=dest, capture_output=True, text=True)
+    if default.returncode == 0 and default.stdout.strip():
+        sources.append(default.stdout.strip())
+    warnings = []
+    for remote in sources:
+        try:
+            _check([*dvc, "pull", "-q", "--allow-missing", "-r", remote], dest, f"dvc pull from {remote}")
+        except RerunError as e:  # another source, or the pipeline itself, may still provide it
+            warnings.append(str(e))
+    return warnings
 
 
 def run_pipeline(dest: Path, run_id: str) -> int:

@@ -206,7 +206,7 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
     """The parent run of one pipeline run; its id goes to stage subprocesses via the environment.
     It records the run whole (reftflow.record): git commit, dirty flag and diff, params.yaml, the
     package versions, the machine, and at the end dvc.lock and the data's md5s."""
-    from reftflow import record
+    from reftflow import paths, record
 
     project = Path(project_dir).resolve()
     mlflow = _mlflow(project)
@@ -233,8 +233,6 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
             logger.set_tags({f"reftflow.data.{Path(p).stem}.md5": m for p, m in md5s.items()})
             if md5s:
                 logger.log_dict(md5s, f"{RECORD}/data_md5.json")
-            from reftflow import paths
-
             for path, name, context in ((paths.TRAIN, "train", "training"), (paths.VAL, "val", "evaluation")):
                 if str(path) in md5s and (project / path).exists():  # the runs list's Dataset column
                     logger.log_dataset(project / path, name, context)
