@@ -76,10 +76,11 @@ def machine() -> dict[str, Any]:
     """Where the run ran: a result is only expected to repeat exactly on the same kind of machine."""
     import torch
 
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux only
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"platform": platform.platform(), "arch": platform.machine(), "host": platform.node(),
-            "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu, "cuda": torch.version.cuda or "none"}
+            "cpu_count": os.cpu_count(), "cpus_usable": usable, "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "cuda": torch.version.cuda or "none"}
 
 
 def lock_md5s(project_dir: str | Path, stage: str = "prepare") -> dict[str, str]:
