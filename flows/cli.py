@@ -13,13 +13,16 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reftflow", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from reftflow import project
+    from reftflow import predict, project, rerun, status
     from reftflow.data import check as data_check
     from reftflow.graders import cli as grade_cli
 
     project.add_parser(sub)
     grade_cli.add_parser(sub)
     data_check.add_parser(sub)
+    rerun.add_parser(sub)
+    status.add_parser(sub)
+    predict.add_parser(sub)
     run = sub.add_parser("run", help="run the pipeline (the Prefect flow) in a project directory",
                          description="Same as `python -m flows.pipeline`: prepare → base → sft → ppo → evaluate → gate.")
     run.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")

@@ -18,12 +18,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
 from reftflow.codedeps import stage_digest, stage_files
 from reftflow.errors import InputError
+from reftflow.prompting import PROMPT_KEYS
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 DIGESTS = Path(".reftflow/code")
@@ -37,25 +38,52 @@ CODE_FILES = ("as deps every project module it imports (tests/test_dvc_deps.py d
 CODE_DIGESTS = ("as a dep the digest of the reftflow code it runs (.reftflow/code/<stage>.md5, refreshed by\n"
                 "# `reftflow run`)")
 
+def _keys(section: str, fields: Iterable[str] | None = None) -> list[str]:
+    """`section.<key>` for `fields`, or for every key of the section's typed config (a nested section's
+    keys one level down: `ppo.raft.lr`). A mapping that is one value (`model.lora`, `data.hf_columns`)
+    stays one key: DVC compares it whole."""
+    from pydantic import BaseModel
+
+    from reftflow.config import Params
+
+    cls = Params.model_fields[section].annotation
+    keys = []
+    for name in fields or cls.model_fields:
+        sub = cls.model_fields[name].annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += [f"{section}.{name}.{k}" for k in sub.model_fields]
+        else:
+            keys.append(f"{section}.{name}")
+    return keys
+
+
 # What each stage reads and writes besides its code; dvc.yaml is rendered from this one table.
+# `params` lists exactly the params.yaml keys the stage's code reads (tasks/<stage>.py and what it
+# calls), so that changing any other key leaves the stage up to date (tests/test_dvc_params.py).
+# A section's config belongs to its stage, which reads every key of it; other stages read a few.
 STAGES: dict[str, dict[str, Any]] = {
-    "prepare": {"deps": [], "params": ["seed", "data"],
+    "prepare": {"deps": [], "params": ["seed", *_keys("data")],
                 "outs": ["data/prepared/train.jsonl", "data/prepared/val.jsonl", "data/prepared/sft.jsonl"],
                 "metrics": [{"metrics/prepare.json": {"cache": False}}]},
+    # the tiny built-in model is built by sft from model.*; base only resolves (and converts) a named one
     "base": {"deps": [], "params": ["model.name_or_path"], "outs": ["models/base"]},
     "sft": {"deps": ["models/base", "data/prepared/train.jsonl", "data/prepared/sft.jsonl"],
-            "params": ["seed", "model", "sft"],
+            "params": ["seed", *_keys("model"), *_keys("sft")],
             "outs": ["models/sft"], "metrics": [{"metrics/sft.json": {"cache": False}}],
             "plots": [{"plots/sft_loss.csv": {"x": "step", "y": "loss", "cache": False}}]},
+    # RL loads models/sft: of `model` it reads only how to train it, not its shape or source
     "ppo": {"deps": ["models/sft", "data/prepared/train.jsonl", "data/prepared/val.jsonl"],
-            "params": ["seed", "ppo", "grader", "response_format", "model"], "outs": ["models/ppo"],
+            "params": ["seed", *_keys("ppo"), "grader", "response_format",
+                       *_keys("model", ["torch_threads", "device", "bf16", "gradient_checkpointing", "lora"])],
+            "outs": ["models/ppo"],
             "metrics": [{"metrics/ppo.json": {"cache": False}}],
             "plots": [{"plots/ppo_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},
     "evaluate": {"deps": ["models/sft", "models/ppo", "data/prepared/val.jsonl"],
-                 "params": ["evaluate", "grader", "response_format"],
+                 "params": [*_keys("evaluate"), "grader", "response_format", "model.torch_threads"],
                  "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},
+    # the registered model renders requests as the data was rendered, and answers in as many tokens
     "gate": {"deps": ["models/ppo", "metrics/eval.json", "data/prepared/val.jsonl"],
-             "params": ["gate", "data.prompt_template", "data.chat", "data.system_prompt", "evaluate.max_new_tokens"],
+             "params": [*_keys("gate"), *_keys("data", PROMPT_KEYS), "evaluate.max_new_tokens"],
              "metrics": [{"metrics/gate.json": {"cache": False}}], "outs": [{"metrics/gate.md": {"cache": False}}]},
 }
 # directories listed whole in the repo's dvc.yaml (every file in them is imported by the stage)

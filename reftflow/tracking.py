@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -69,14 +68,6 @@ def file_md5(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def git_commit(project_dir: str | Path = ".") -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def _mlflow(project_dir: str | Path = "."):
     import mlflow
 
@@ -84,16 +75,26 @@ def _mlflow(project_dir: str | Path = "."):
     return mlflow
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""MLflow 3's UI opens an experiment on its GenAI traces overview unless this tag says it holds model
+training (the UI's own values: genai_development, custom_model_development, ...)."""
+
+
 def _experiment_id(mlflow, name: str, project_dir: str | Path = ".") -> str:
-    exp = RetryingClient(mlflow.get_tracking_uri()).get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    # an absolute artifact root in the project: the default is resolved against the CWD at creation time
-    root = (Path(project_dir) / "mlruns").resolve().as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
-    try:
-        return mlflow.create_experiment(name, artifact_location=root)
-    except Exception:  # noqa: BLE001 - a concurrent creator won the race; read theirs
-        return mlflow.get_experiment_by_name(name).experiment_id
+    client = RetryingClient(mlflow.get_tracking_uri())
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        # an absolute artifact root in the project: the default is resolved against the CWD at creation time
+        root = (Path(project_dir) / "mlruns").resolve().as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
+        try:
+            exp = client.get_experiment(client.create_experiment(name, artifact_location=root,
+                                                                 tags=dict([EXPERIMENT_KIND])))
+        except Exception:  # noqa: BLE001 - a concurrent creator won the race; read theirs
+            exp = client.get_experiment_by_name(name)
+    key, kind = EXPERIMENT_KIND
+    if exp.tags.get(key) != kind:  # an experiment made before reftflow set it
+        client.set_experiment_tag(exp.experiment_id, key, kind)
+    return exp.experiment_id
 
 
 TRACKING_ATTEMPTS = 4
@@ -216,13 +217,21 @@ class RunLogger:
         return md5
 
 
+def source_tags(git, entry_point: str) -> dict[str, str]:
+    """MLflow's own source tags (its runs list shows them in the Source column) and the dirty flag,
+    from a `reftflow.record.GitState`."""
+    tags = {"mlflow.source.name": entry_point, "mlflow.source.type": "LOCAL"}
+    if git.commit:
+        tags.update({"mlflow.source.git.commit": git.commit, "reftflow.git.dirty": str(git.dirty).lower()})
+    if git.branch:
+        tags["mlflow.source.git.branch"] = git.branch
+    return tags
+
+
 @contextlib.contextmanager
 def _run(mlflow, exp_id: str, name: str, tags: dict[str, str], params: Mapping[str, Any] | None,
          project_dir: str | Path = ".") -> Iterator[RunLogger]:
-    """Create a run with the git commit tag, log params, and close it FINISHED or FAILED."""
-    commit = git_commit(project_dir)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
+    """Create a run tagged with its project, log params, and close it FINISHED or FAILED."""
     tags[PROJECT_TAG] = project_key(project_dir)
     run = RetryingClient(mlflow.get_tracking_uri()).create_run(exp_id, run_name=name, tags=tags)
     logger = RunLogger(mlflow, run.info.run_id)
@@ -241,15 +250,60 @@ def _run(mlflow, exp_id: str, name: str, tags: dict[str, str], params: Mapping[s
             # the block's own error says more; the run stays RUNNING until the next run marks it KILLED
 
 
+RECORD = "record"
+"""the parent run's artifact folder holding what `reftflow rerun` rebuilds a run from."""
+
+
 @contextlib.contextmanager
 def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: Mapping[str, str] | None = None,
                  project_dir: str | Path = ".") -> Iterator[RunLogger]:
-    """The parent run of one pipeline run; its id goes to stage subprocesses via the environment."""
-    mlflow = _mlflow(project_dir)
-    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT), project_dir)
-    with _run(mlflow, exp_id, run_name or "pipeline", {"reftflow.kind": "pipeline", **(tags or {})}, params,
-              project_dir) as logger:
-        yield logger
+    """The parent run of one pipeline run; its id goes to stage subprocesses via the environment.
+    It records the run whole (reftflow.record): git commit, dirty flag and diff, params.yaml, the
+    package versions, the machine, and at the end dvc.lock and the data's md5s."""
+    from reftflow import record
+
+    project = Path(project_dir).resolve()
+    mlflow = _mlflow(project)
+    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT), project)
+    git = record.git_state(project)
+    run_tags = {"reftflow.kind": "pipeline", **source_tags(git, "flows/pipeline.py"),
+                "reftflow.project_dir": str(project), "reftflow.seed": str(params.get("seed")), **(tags or {})}
+    cache = record.dvc_cache_dir(project)
+    if cache:
+        run_tags["reftflow.dvc.cache"] = cache
+    if git.skipped:
+        run_tags["reftflow.git.untracked_not_recorded"] = ",".join(git.skipped)[:8000]
+    with _run(mlflow, exp_id, run_name or "pipeline", run_tags, params, project) as logger:
+        logger.log_params({f"pkg.{k}": v for k, v in record.package_versions().items()})
+        logger.log_params({f"machine.{k}": v for k, v in record.machine().items()})
+        logger.log_artifact(project / "params.yaml", RECORD)
+        if git.dirty:
+            logger.log_text(git.diff, f"{RECORD}/git.diff")
+        failed = True
+        try:
+            yield logger
+            failed = False
+        finally:  # a failed run is recorded too: how far it got is in its dvc.lock
+            try:
+                _record_end(logger, project)
+            except TrackingUnavailable:
+                if not failed:
+                    raise
+                # the block's own error (a stage's line) says more than this one
+
+
+def _record_end(logger: RunLogger, project: Path) -> None:
+    """What a pipeline run leaves: dvc.lock, the data's md5s and the datasets, on its parent run."""
+    from reftflow import paths, record
+
+    logger.log_artifact(project / "dvc.lock", RECORD)
+    md5s = record.lock_md5s(project)
+    logger.set_tags({f"reftflow.data.{Path(p).stem}.md5": m for p, m in md5s.items()})
+    if md5s:
+        logger.log_dict(md5s, f"{RECORD}/data_md5.json")
+    for path, name, context in ((paths.TRAIN, "train", "training"), (paths.VAL, "val", "evaluation")):
+        if str(path) in md5s and (project / path).exists():  # the runs list's Dataset column
+            logger.log_dataset(project / path, name, context)
 
 
 class NullLogger:
@@ -266,6 +320,7 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
     """A child run for one stage under the parent named in REFTFLOW_PARENT_RUN_ID (or a top-level
     run tagged with the stage when a stage is run alone, e.g. by a bare `dvc repro`)."""
     from reftflow.distributed import is_main_process
+    from reftflow.record import git_state
 
     if not is_main_process():
         yield NullLogger()  # type: ignore[misc]
@@ -278,6 +333,7 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         tags["mlflow.parentRunId"] = parent
     else:
         exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    tags.update(source_tags(git_state(".", with_diff=False), f"tasks/{stage}.py"))  # it runs in the project
     with _run(mlflow, exp_id, stage, tags, params) as logger:
         yield logger
 

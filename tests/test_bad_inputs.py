@@ -87,7 +87,7 @@ CASES = [
     ("gate-range", {"params": {"gate.min_pass_rate": 1.5}}, "run", "'gate.min_pass_rate'"),
     ("unknown-algorithm", {"params": {"ppo.algorithm": "dpo"}}, "run", "'ppo.algorithm'"),
     ("key-dvc-reads", {"params": {"data.prompt_template": DELETE}}, "run",
-     "key 'data.prompt_template' is missing (dvc.yaml stage 'gate' reads it"),
+     "key 'data.prompt_template' is missing (dvc.yaml stage 'prepare' reads it"),
     # graders
     ("grader-type", {"params": {"grader": {"type": "exact", "name": "g"}}}, "run", "grader 'g': unknown type 'exact'"),
     ("grader-template", {"params": {"grader.input": "{{ sample.output_txt }}"}}, "run", "sample.output_txt"),

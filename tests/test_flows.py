@@ -40,7 +40,7 @@ def test_missing_section_is_named_before_dvc_would_fail(tmp_path):
 
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "params.yaml").write_text("seed: 0\n")
-    with pytest.raises(ConfigError, match=r"key 'data' is missing \(dvc.yaml stage 'prepare' reads it; write it out"):
+    with pytest.raises(ConfigError, match=r"key 'data.source' is missing \(dvc.yaml stage 'prepare' reads it; write it out"):
         check_project(tmp_path)
 
 
