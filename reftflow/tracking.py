@@ -230,6 +230,47 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         yield logger
 
 
+@contextlib.contextmanager
+def dvc_experiment_parent(params: Mapping[str, Any]) -> Iterator[None]:
+    """Under `dvc exp run` DVC runs the stages, not the Prefect flow, so no parent run id comes in and
+    each stage would open a lone top-level run. Instead, one parent run per DVC experiment (named by
+    DVC_EXP_NAME and DVC_EXP_BASELINE_REV, which `dvc exp run` sets for every stage): the first stage
+    that runs creates it, with the experiment's params, later stages join it, and each stage leaves it
+    ended with its own status (no stage knows it is the last: DVC skips the up-to-date ones). A
+    `--force` rerun of the same name on the same commit joins the earlier parent. Elsewhere: nothing."""
+    from reftflow.distributed import is_main_process
+
+    name = os.environ.get("DVC_EXP_NAME")
+    if os.environ.get(PARENT_ENV) or not name or not is_main_process():
+        yield
+        return
+    mlflow = _mlflow()
+    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
+    tags = {"reftflow.kind": "pipeline", "reftflow.dvc_exp": name, "reftflow.dvc_exp.baseline": baseline}
+    found = mlflow.MlflowClient().search_runs(
+        [exp_id], filter_string=f"tags.`reftflow.dvc_exp` = '{name}' and tags.`reftflow.dvc_exp.baseline` = "
+        f"'{baseline}'", max_results=1)
+    try:
+        if found:
+            run_id = found[0].info.run_id
+            client = RunLogger(mlflow, run_id).client
+            client.update_run(run_id, status="RUNNING")
+            os.environ[PARENT_ENV] = run_id
+            status = "FAILED"
+            try:
+                yield
+                status = "FINISHED"
+            finally:
+                client.set_terminated(run_id, status=status)
+        else:
+            with _run(mlflow, exp_id, f"exp-{name}", tags, params) as logger:
+                os.environ[PARENT_ENV] = logger.run_id
+                yield
+    finally:
+        os.environ.pop(PARENT_ENV, None)
+
+
 def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
     """The current champion's version and tags, or None when there is none."""
     mlflow = _mlflow()
