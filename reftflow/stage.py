@@ -23,7 +23,6 @@ from typing import Callable
 from reftflow.config import Params, load_params
 from reftflow.env import apply_defaults
 from reftflow.errors import InputError
-from reftflow.tracking import dvc_experiment_parent
 
 EXIT_BAD_INPUT = 2
 EXIT_CRASH = 1
@@ -100,8 +99,7 @@ def main(stage: str, description: str, run: Callable[[Params, argparse.Namespace
     args = parser.parse_args()
     try:
         params = load_params(args.params)
-        with dvc_experiment_parent(params.model_dump()):  # a no-op unless `dvc exp run` runs this stage
-            run(params, args)
+        run(params, args)
     except user_errors() as e:
         _write_report(StageReport(stage, EXIT_BAD_INPUT, str(e)))
         print(f"reftflow {stage}: error: {e}", file=sys.stderr)
