@@ -211,9 +211,8 @@ class NullLogger:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[RunLogger]:
-    """A child run for one stage under the parent named in REFTFLOW_PARENT_RUN_ID, or under its DVC
-    experiment's parent when `dvc exp run` runs it (dvc_experiment_parent), or a top-level run tagged
-    with the stage when a stage is run alone, e.g. by a bare `dvc repro`."""
+    """A child run for one stage under the parent named in REFTFLOW_PARENT_RUN_ID (or a top-level
+    run tagged with the stage when a stage is run alone, e.g. by a bare `dvc repro`)."""
     from reftflow.distributed import is_main_process
 
     if not is_main_process():
@@ -221,15 +220,18 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         return
     mlflow = _mlflow()
     parent = os.environ.get(PARENT_ENV)
-    exp_parent = None if parent else dvc_experiment_parent(mlflow)  # `dvc exp run` ran this stage
-    parent = parent or exp_parent
+    # `dvc exp run` ran this stage, not the flow: under its experiment's parent (dvc_experiment_parent)
+    if not parent and os.environ.get(DVC_EXP_ENV):
+        with dvc_experiment_parent(mlflow), stage_run(stage, params) as logger:
+            yield logger
+        return
     tags = {"reftflow.stage": stage, "reftflow.kind": "stage"}
     if parent:
         exp_id = mlflow.get_run(parent).info.experiment_id
         tags["mlflow.parentRunId"] = parent
     else:
         exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
-    with _ended_with(mlflow, exp_parent), _run(mlflow, exp_id, stage, tags, params) as logger:
+    with _run(mlflow, exp_id, stage, tags, params) as logger:
         yield logger
 
 
@@ -274,39 +276,34 @@ DVC_EXP_ENV = "DVC_EXP_NAME"
 """set by `dvc exp run` for every stage it runs, with DVC_EXP_BASELINE_REV (dvc/repo/experiments/queue/base.py)."""
 
 
-def dvc_experiment_parent(mlflow) -> str | None:
+@contextlib.contextmanager
+def dvc_experiment_parent(mlflow) -> Iterator[str]:
     """Under `dvc exp run` DVC runs the stages, not the Prefect flow, so no parent run id comes in and
     each stage would open a lone top-level run. Instead there is one parent run per DVC experiment
     (its name and baseline commit): the first stage that runs creates it with the experiment's
-    params (params.yaml, which `-S` has rewritten), later stages reopen it, and `_ended_with` ends it
-    with each stage's status (no stage knows it is the last: DVC skips the up-to-date ones). A
-    `--force` rerun of one name on one commit joins the earlier parent. Outside `dvc exp run`: None."""
-    name = os.environ.get(DVC_EXP_ENV)
-    if not name:
-        return None
+    params (params.yaml, which `-S` has rewritten), later stages reopen it; while the stage runs its
+    id is in REFTFLOW_PARENT_RUN_ID, and the stage leaves it ended with its own status (no stage knows
+    it is the last: DVC skips the up-to-date ones). A `--force` rerun of one name on one commit joins
+    the earlier parent."""
     from reftflow.config import load_params
 
+    name, baseline = os.environ[DVC_EXP_ENV], os.environ.get("DVC_EXP_BASELINE_REV", "")
     client = mlflow.MlflowClient()
     exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV", "")
     found = client.search_runs([exp_id], filter_string=f"tags.`reftflow.dvc_exp` = '{name}' and "
                                f"tags.`reftflow.dvc_exp.baseline` = '{baseline}'", max_results=1)
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    tags = {"reftflow.kind": "pipeline", "reftflow.dvc_exp": name, "reftflow.dvc_exp.baseline": baseline}
-    run = client.create_run(exp_id, run_name=f"exp-{name}", tags=tags)
-    RunLogger(mlflow, run.info.run_id).log_params(flatten(load_params("params.yaml").model_dump()))
-    return run.info.run_id
-
-
-@contextlib.contextmanager
-def _ended_with(mlflow, run_id: str | None) -> Iterator[None]:
-    """End `run_id` (a DVC experiment's parent; None: nothing to do) FINISHED or FAILED, as the body ends."""
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        tags = {"reftflow.kind": "pipeline", "reftflow.dvc_exp": name, "reftflow.dvc_exp.baseline": baseline}
+        run_id = client.create_run(exp_id, run_name=f"exp-{name}", tags=tags).info.run_id
+        RunLogger(mlflow, run_id).log_params(flatten(load_params("params.yaml").model_dump()))
+    os.environ[PARENT_ENV] = run_id
     status = "FAILED"
     try:
-        yield
+        yield run_id
         status = "FINISHED"
     finally:
-        if run_id:
-            mlflow.MlflowClient().set_terminated(run_id, status=status)
+        os.environ.pop(PARENT_ENV, None)
+        client.set_terminated(run_id, status=status)

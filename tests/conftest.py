@@ -33,6 +33,62 @@ def prefect_server():
         yield
 
 
+def loopback_only_prefix() -> list[str] | None:
+    """The command prefix that runs a command in a network namespace holding only loopback, brought
+    up (Prefect's temporary server listens on 127.0.0.1), or None where this machine cannot make one
+    (no user namespaces, no `unshare`/`ip`)."""
+    prefix = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    try:
+        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return prefix if probe.returncode == 0 else None
+
+
+class FinishedRun:
+    """A tiny project after one whole pipeline run (see `finished_project`)."""
+
+    def __init__(self, project: Path, returncode: int, output: str, isolated: bool, seconds: float):
+        self.project, self.returncode, self.output = project, returncode, output
+        self.isolated, self.seconds = isolated, seconds
+
+    @property
+    def tail(self) -> str:
+        return self.output[-3000:]
+
+
+@pytest.fixture(scope="session")
+def finished_project(tmp_path_factory) -> FinishedRun:
+    """One tiny project after one whole pipeline run, shared by the tests that look at a finished run
+    (the DVC remote, the zero-network and the browser tests): the command a user types, `python -m
+    flows.pipeline --project-dir P`, as a subprocess with its own Prefect temporary server (and its
+    own PREFECT_HOME, not the user's) and the project's own MLflow store (P/mlflow.db). Where the
+    machine allows it, it runs in a network namespace with only loopback, so every test built on it
+    also shows that nothing needed the network. Its result is returned, not asserted: each test
+    says what it needs."""
+    import time
+
+    base = tmp_path_factory.mktemp("finished")
+    project = make_project(base / "proj", _finished_params())
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+    env["PREFECT_HOME"] = str(base / "prefect-home")
+    prefix = loopback_only_prefix() or []
+    start = time.perf_counter()
+    proc = subprocess.run([*prefix, os.sys.executable, "-m", "flows.pipeline", "--project-dir", str(project),
+                           "--run-name", "finished"], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=900)
+    return FinishedRun(project, proc.returncode, proc.stdout + proc.stderr, bool(prefix),
+                       time.perf_counter() - start)
+
+
+def _finished_params() -> str:
+    params = yaml.safe_load(TINY_PARAMS)
+    # a few more steps than TINY_PARAMS, validated every other one: the reward and validation curves
+    # that the browser test looks at (and docs/ shows) have several points, not one
+    params["ppo"].update(steps=6, eval_interval=2, eval_samples=4)
+    return yaml.safe_dump(params, sort_keys=False)
+
+
 def make_project(dest: Path, params_text: str) -> Path:
     """A real project in `dest`: the pipeline's code, dvc.yaml and params, in a git + DVC repo."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -72,62 +128,3 @@ ppo: {algorithm: ppo, steps: 2, questions_per_step: 4, samples_per_question: 2, 
 evaluate: {max_new_tokens: 12, batch_size: 12, num_logged_samples: 3}
 gate: {min_pass_rate: 0.0, min_gain: -1.0}
 """
-
-
-def loopback_only_prefix() -> list[str] | None:
-    """The command prefix that runs a command in a network namespace holding only loopback, brought
-    up (Prefect's temporary server listens on 127.0.0.1), or None where this machine cannot make one
-    (no user namespaces, no `unshare`/`ip`)."""
-    prefix = ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-    try:
-        probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return prefix if probe.returncode == 0 else None
-
-
-class FinishedRun:
-    """A tiny project after one whole pipeline run (see `finished_project`)."""
-
-    def __init__(self, project: Path, returncode: int, output: str, isolated: bool, seconds: float):
-        self.project, self.returncode, self.output = project, returncode, output
-        self.isolated, self.seconds = isolated, seconds
-
-    @property
-    def tail(self) -> str:
-        return self.output[-3000:]
-
-
-@pytest.fixture(scope="session")
-def finished_project(tmp_path_factory) -> FinishedRun:
-    """One tiny project after one whole pipeline run, shared by the tests that look at a finished run
-    (the DVC remote, the zero-network and the browser tests): the command a user types, `python -m
-    flows.pipeline --project-dir P`, as a subprocess with its own Prefect temporary server (and its
-    own PREFECT_HOME, not the user's) and the project's own MLflow store (P/mlflow.db). Where the
-    machine allows it, it runs in a network namespace with only loopback, so every test built on it
-    also shows that nothing needed the network. Its result is returned, not asserted: each test
-    says what it needs."""
-    import time
-
-    base = tmp_path_factory.mktemp("finished")
-    project = make_project(base / "proj", FINISHED_PARAMS)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
-    env["PREFECT_HOME"] = str(base / "prefect-home")
-    prefix = loopback_only_prefix() or []
-    start = time.perf_counter()
-    proc = subprocess.run([*prefix, os.sys.executable, "-m", "flows.pipeline", "--project-dir", str(project),
-                           "--run-name", "finished"], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=900)
-    return FinishedRun(project, proc.returncode, proc.stdout + proc.stderr, bool(prefix),
-                       time.perf_counter() - start)
-
-
-def _finished_params() -> str:
-    params = yaml.safe_load(TINY_PARAMS)
-    # a few more steps than TINY_PARAMS, validated every other one: the reward and validation curves
-    # that the browser test looks at (and docs/ shows) have several points, not one
-    params["ppo"].update(steps=6, eval_interval=2, eval_samples=4)
-    return yaml.safe_dump(params, sort_keys=False)
-
-
-FINISHED_PARAMS = _finished_params()
