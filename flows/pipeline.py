@@ -201,10 +201,10 @@ def push_outputs(project_dir: str | Path) -> str:
         return "not pushed: the project has no default DVC remote (dvc remote add -d NAME URL)"
     proc = subprocess.run([*dvc, "push"], cwd=cwd, capture_output=True, text=True)
     lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    last = lines[-1] if lines else "no output"
-    if proc.returncode != 0:
-        return f"push to '{remote.stdout.strip()}' FAILED (exit {proc.returncode}): {last}"
-    return f"pushed to '{remote.stdout.strip()}': {last}"
+    if proc.returncode != 0:  # DVC's own ERROR line, not the support link it prints after it
+        why = ([ln for ln in lines if ln.startswith("ERROR")] or lines or ["no output"])[-1]
+        return f"push to '{remote.stdout.strip()}' FAILED (exit {proc.returncode}): {why}"
+    return f"pushed to '{remote.stdout.strip()}': {lines[-1] if lines else 'done'}"
 
 
 push = task(push_outputs, task_run_name="dvc-push")

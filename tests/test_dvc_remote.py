@@ -55,6 +55,25 @@ def test_the_repo_and_every_new_project_have_a_default_remote_ignored_by_git(tmp
     assert ignored.stdout == ""
 
 
+def test_push_reports_a_missing_remote_or_a_failed_push_and_never_raises(tmp_path):
+    """After a gate pass the decision and the registry entry stand whatever the push does: the flow
+    prints and tags what happened instead (flows/pipeline.py push_outputs)."""
+    from flows.pipeline import push_outputs
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert _dvc(tmp_path, "init", "-q").returncode == 0
+    (tmp_path / "out.txt").write_text("a model")
+    assert _dvc(tmp_path, "add", "out.txt").returncode == 0
+    assert push_outputs(tmp_path).startswith("not pushed: the project has no default DVC remote")
+    (tmp_path / "blocker").write_text("a file where the remote's directory should be")
+    assert _dvc(tmp_path, "remote", "add", "-d", "broken", str(tmp_path / "blocker" / "remote")).returncode == 0
+    message = push_outputs(tmp_path)
+    assert message.startswith("push to 'broken' FAILED (exit 255): ERROR: ") and "Not a directory" in message, message
+    assert _dvc(tmp_path, "remote", "modify", "broken", "url", str(tmp_path / "remote")).returncode == 0
+    assert push_outputs(tmp_path) == "pushed to 'broken': 1 file pushed"
+    assert push_outputs(tmp_path) == "pushed to 'broken': Everything is up to date."
+
+
 @pytest.mark.slow
 def test_a_gate_pass_pushes_and_dvc_pull_restores_the_champion(finished_project):
     run = finished_project
