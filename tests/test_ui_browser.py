@@ -155,11 +155,18 @@ def page(browser, mlflow_ui):
     assert outside == [], f"the browser tried to leave the machine: {outside}"
 
 
+# MLflow 3.17's sidebar switch between "GenAI" (its default, kept per browser) and "Model training"
+# decides where an experiment opens: on a fresh browser it is the GenAI traces overview, whatever the
+# experiment's `mlflow.experimentKind` tag says. Every page is opened as someone who picked "Model
+# training" would see it, through the switch's own URL parameter.
+ML = "?workflowType=machine_learning"
+
+
 def test_the_experiment_shows_the_parent_run_with_its_five_stage_children(page, mlflow_ui, runs, shots):
     from playwright.sync_api import expect
 
-    # the runs tab itself: MLflow 3.17 opens an experiment without a kind tag on its GenAI overview
-    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs")
+    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}{ML}")
+    page.wait_for_url("**/runs?*")  # the runs list, not the GenAI overview
     parent = page.get_by_role("link", name=runs["parent"], exact=True)
     expect(parent).to_be_visible()
     child = {s: page.get_by_role("link", name=s, exact=True) for s in STAGE_CHILDREN}
@@ -174,7 +181,7 @@ def test_the_ppo_run_shows_the_reward_and_validation_curves(page, mlflow_ui, run
     from playwright.sync_api import expect
     from mlflow.tracking import MlflowClient
 
-    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['ppo']}/model-metrics")
+    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['ppo']}/model-metrics{ML}")
     page.get_by_placeholder("Search metric charts").fill("reward_mean")
     client = MlflowClient(tracking_uri=f"sqlite:///{finished_project.project / 'mlflow.db'}")
     for metric in ("train_reward_mean", "valid_reward_mean"):
@@ -191,7 +198,7 @@ def test_the_ppo_run_shows_the_reward_and_validation_curves(page, mlflow_ui, run
 def test_the_gate_report_artifact_opens(page, mlflow_ui, runs, shots):
     from playwright.sync_api import expect
 
-    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['gate']}/artifacts")
+    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['gate']}/artifacts{ML}")
     page.locator('[data-testid=artifact-tree-node][artifact-name="gate"]').click()
     page.locator('[data-testid=artifact-tree-node][artifact-name="gate.md"]').click()
     # rendered as markdown: the report's heading and its rules table, as metrics/gate.md has them
@@ -203,7 +210,7 @@ def test_the_gate_report_artifact_opens(page, mlflow_ui, runs, shots):
 def test_the_registered_model_page_shows_the_champion(page, mlflow_ui, shots):
     from playwright.sync_api import expect
 
-    page.goto(f"{mlflow_ui}/#/models/{MODEL}")
+    page.goto(f"{mlflow_ui}/#/models/{MODEL}{ML}")
     version = page.get_by_role("row").filter(has_text="Version 1")
     expect(version).to_contain_text("@ champion")
     expect(version).to_contain_text("validation")
