@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: setup run test ui prefect-ui serve benchmark clean help
+.PHONY: setup chromium run test ui prefect-ui serve benchmark clean help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -34,10 +34,20 @@ $(VENV)/.installed: pyproject.toml reftflow/examples/smollm2/setup.sh
 
 setup: $(VENV)/.installed  ## create .venv and install reftflow with its test tools
 
+# The browser test (tests/test_ui_browser.py) drives Debian's Chromium through playwright, which then
+# downloads no browser of its own. Installed where this machine can (root and apt-get; `apt-get update`
+# only if the package lists lack it); where it cannot, that one test skips and says why. Only `make test`
+# needs it: `make run` installs no browser.
+chromium:  ## install Debian's Chromium for the browser test (root and apt-get), unless there is one
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium || \
+	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; }; } || \
+	  echo "warning: chromium not installed (needs root and apt-get: apt-get install chromium): the browser test will skip"
+
 run: setup  ## run the pipeline (Prefect flow: prepare → sft → ppo → evaluate → gate) on params.yaml
 	$(PY) -m flows.pipeline
 
-test: setup  ## run the test suite (unit, stage and end-to-end)
+test: setup chromium  ## run the test suite (unit, stage and end-to-end)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ui: setup  ## open the MLflow UI on this project's results (http://127.0.0.1:5000)

@@ -190,6 +190,27 @@ def _has_key(raw: dict, dotted: str) -> bool:
 validate = task(check_project, task_run_name="validate-params")
 
 
+def push_outputs(project_dir: str | Path) -> str:
+    """`dvc push`: every cached output (data, models) to the project's default remote, so a champion
+    can be restored with `dvc pull` after its cache is cleaned (README, "Restoring a champion").
+    Run by the flow after the chain, not by the gate stage: DVC caches a stage's outputs only once
+    the stage has exited. Returns what happened; a failed push is reported, never raised: the gate's
+    decision and the registry entry stand either way."""
+    dvc, cwd = [sys.executable, "-m", "dvc"], Path(project_dir)
+    remote = subprocess.run([*dvc, "remote", "default"], cwd=cwd, capture_output=True, text=True)
+    if remote.returncode != 0 or not remote.stdout.strip():
+        return "not pushed: the project has no default DVC remote (dvc remote add -d NAME URL)"
+    proc = subprocess.run([*dvc, "push"], cwd=cwd, capture_output=True, text=True)
+    lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    if proc.returncode != 0:  # DVC's own ERROR line, not the support link it prints after it
+        why = ([ln for ln in lines if ln.startswith("ERROR")] or lines or ["no output"])[-1]
+        return f"push to '{remote.stdout.strip()}' FAILED (exit {proc.returncode}): {why}"
+    return f"pushed to '{remote.stdout.strip()}': {lines[-1] if lines else 'done'}"
+
+
+push = task(push_outputs, task_run_name="dvc-push")
+
+
 def _summary(project_dir: Path, ran: dict[str, bool]) -> dict:
     from reftflow import paths
 
@@ -221,6 +242,8 @@ def _print_summary(summary: dict, project_dir: Path, seconds: float) -> str:
                      f"{'pass' if r['passed'] else 'FAIL'} ({r['margin']:+.4f})")
     lines.append(f"  stages run: {', '.join(ran) or 'none'}; up to date: {', '.join(skipped) or 'none'} "
                  f"({seconds:.0f} s)")
+    if "dvc_push" in summary:
+        lines.append(f"  DVC remote: {summary['dvc_push']}")
     lines.append(f"  MLflow UI: {ui_command(project_dir)}")
     text = "\n".join(lines)
     print(text, flush=True)
@@ -269,6 +292,9 @@ def _locked_pipeline(project: Path, run_name: str, start: float) -> dict | State
                           project_dir=project) as parent:
             ran = _run_chain(parent, project)
             summary = _summary(project, ran)
+            if summary["gate"].get("decision") == "pass":  # the champion's data and models, kept (README)
+                summary["dvc_push"] = push(str(project))
+                parent.set_tags({"reftflow.dvc_push": summary["dvc_push"]})
             if summary["eval"]:
                 parent.log_metrics({f"{m}/{k}": v for m in ("sft", "ppo") for k, v in summary["eval"][m].items()})
             if summary["gate"]:

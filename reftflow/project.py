@@ -128,6 +128,13 @@ def examples() -> list[str]:
     return sorted(p.name for p in EXAMPLES_DIR.iterdir() if (p / "params.yaml").exists())
 
 
+# Every project has a default DVC remote: a directory inside it, ignored by git and DVC. Inside, so
+# it moves with the project and nothing outside is written; separate from .dvc/cache, so `dvc gc` or
+# a deleted cache leaves it whole. The pipeline pushes to it after a gate pass (flows/pipeline.py),
+# so the champion's data and models can be restored with `dvc pull`. DVC stores the URL relative to
+# .dvc/config, so a moved or cloned project uses its own copy.
+REMOTE_NAME, REMOTE_DIR = "local", ".dvc-remote"
+
 GITIGNORE = """\
 # run outputs (DVC-tracked outs are also listed by DVC in their own .gitignore files)
 /data/prepared/
@@ -141,6 +148,8 @@ GITIGNORE = """\
 /mlruns/
 /mlartifacts/
 /.prefect/
+# the default DVC remote (REMOTE_DIR)
+/.dvc-remote/
 """
 
 
@@ -163,7 +172,7 @@ def init(directory: str | Path, example: str = "arithmetic", run_setup: bool = T
             (shutil.copytree if item.is_dir() else shutil.copy)(item, project / item.name)
     (project / "dvc.yaml").write_text(dvc_yaml("digests"))
     (project / ".gitignore").write_text(GITIGNORE)
-    (project / ".dvcignore").write_text("/.prefect\n/mlruns\n")
+    (project / ".dvcignore").write_text(f"/.prefect\n/mlruns\n/{REMOTE_DIR}\n")
     refresh_digests(project)
     _init_repos(project)
     if run_setup and (project / SETUP_SCRIPT).exists():
@@ -189,10 +198,11 @@ class SetupFailed(RuntimeError):
 
 
 def _init_repos(project: Path) -> None:
-    """git (DVC's experiments and diffs need it) and DVC, with analytics off."""
+    """git (DVC's experiments and diffs need it) and DVC, with analytics off and the default remote."""
     dvc = [sys.executable, "-m", "dvc"]
     env_git = ["-c", "user.name=reftflow", "-c", "user.email=reftflow@localhost"]
     steps = [["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "config", "core.analytics", "false"],
+             [*dvc, "remote", "add", "-d", REMOTE_NAME, REMOTE_DIR],
              ["git", "add", "-A"], ["git", *env_git, "commit", "-q", "-m", "reftflow init"]]
     for cmd in steps:
         proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)

@@ -327,6 +327,11 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         return
     mlflow = _mlflow()
     parent = os.environ.get(PARENT_ENV)
+    # `dvc exp run` ran this stage, not the flow: under its experiment's parent (dvc_experiment_parent)
+    if not parent and os.environ.get(DVC_EXP_ENV):
+        with dvc_experiment_parent(mlflow), stage_run(stage, params) as logger:
+            yield logger
+        return
     tags = {"reftflow.stage": stage, "reftflow.kind": "stage"}
     if parent:
         exp_id = RetryingClient(mlflow.get_tracking_uri()).get_run(parent).info.experiment_id
@@ -398,3 +403,40 @@ def register_champion(logger: RunLogger, model_dir: str | Path, name: str, promp
     for key, value in (tags or {}).items():
         logger.client.set_model_version_tag(name, mv.version, key, str(value))
     return {"model_uri": info.model_uri, "name": name, "version": str(mv.version), "alias": alias}
+
+
+DVC_EXP_ENV = "DVC_EXP_NAME"
+"""set by `dvc exp run` for every stage it runs, with DVC_EXP_BASELINE_REV (dvc/repo/experiments/queue/base.py)."""
+
+
+@contextlib.contextmanager
+def dvc_experiment_parent(mlflow) -> Iterator[str]:
+    """Under `dvc exp run` DVC runs the stages, not the Prefect flow, so no parent run id comes in and
+    each stage would open a lone top-level run. Instead there is one parent run per DVC experiment
+    (its name and baseline commit): the first stage that runs creates it with the experiment's
+    params (params.yaml, which `-S` has rewritten), later stages reopen it; while the stage runs its
+    id is in REFTFLOW_PARENT_RUN_ID, and the stage leaves it ended with its own status (no stage knows
+    it is the last: DVC skips the up-to-date ones). A `--force` rerun of one name on one commit joins
+    the earlier parent."""
+    from reftflow.config import load_params
+
+    name, baseline = os.environ[DVC_EXP_ENV], os.environ.get("DVC_EXP_BASELINE_REV", "")
+    client = mlflow.MlflowClient()
+    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
+    found = client.search_runs([exp_id], filter_string=f"tags.`reftflow.dvc_exp` = '{name}' and "
+                               f"tags.`reftflow.dvc_exp.baseline` = '{baseline}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        tags = {"reftflow.kind": "pipeline", "reftflow.dvc_exp": name, "reftflow.dvc_exp.baseline": baseline}
+        run_id = client.create_run(exp_id, run_name=f"exp-{name}", tags=tags).info.run_id
+        RunLogger(mlflow, run_id).log_params(flatten(load_params("params.yaml").model_dump()))
+    os.environ[PARENT_ENV] = run_id
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    finally:
+        os.environ.pop(PARENT_ENV, None)
+        client.set_terminated(run_id, status=status)
