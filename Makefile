@@ -51,7 +51,8 @@ test: setup chromium  ## run the test suite (unit, stage and end-to-end)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ui: setup  ## open the MLflow UI on this project's results (http://127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
+	@# MLflow's job runner and its seven queue consumers serve GenAI jobs this project has none of
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
 
 prefect-ui: setup  ## start the local Prefect server and UI (http://127.0.0.1:4200)
 	$(VENV)/bin/prefect server start

@@ -83,20 +83,25 @@ def rebuild(run_id: str, directory: str | Path, project_dir: str | Path = ".") -
         for name in ("params.yaml", "dvc.lock"):
             if (record / name).exists():
                 (dest / name).write_bytes((record / name).read_bytes())
-    for warning in _pull(dest, tags.get("reftflow.dvc.cache")):
+    for warning in _pull(dest, tags.get("reftflow.dvc.cache"), source):
         print(f"reftflow rerun: warning: {warning}", file=sys.stderr)
     return dest
 
 
-def _pull(dest: Path, origin_cache: str | None) -> list[str]:
+def _pull(dest: Path, origin_cache: str | None, origin: Path) -> list[str]:
     """The outputs dvc.lock names: from the original project's DVC cache (on this machine, it holds them
-    unless a `dvc gc` removed them), then from the project's default remote for anything still missing.
-    What neither holds is left for the pipeline to recompute. Returns warnings."""
+    unless a `dvc gc` removed them), then from the original project's local remote (what its gate
+    passes pushed), then from the project's default remote for anything still missing. What none
+    holds is left for the pipeline to recompute. Returns warnings."""
+    from reftflow.project import REMOTE_DIR
+
     dvc = [sys.executable, "-m", "dvc"]
     sources = []
-    if origin_cache and Path(origin_cache).is_dir():
-        _check([*dvc, "remote", "add", "--local", ORIGIN_REMOTE, origin_cache], dest, "dvc remote add")
-        sources.append(ORIGIN_REMOTE)
+    # the clone's own default remote is a relative path, so it names the clone's empty .dvc-remote
+    for name, path in ((ORIGIN_REMOTE, origin_cache), (f"{ORIGIN_REMOTE}-remote", str(origin / REMOTE_DIR))):
+        if path and Path(path).is_dir():
+            _check([*dvc, "remote", "add", "--local", name, path], dest, "dvc remote add")
+            sources.append(name)
     default = subprocess.run([*dvc, "remote", "default"], cwd=dest, capture_output=True, text=True)
     if default.returncode == 0 and default.stdout.strip():
         sources.append(default.stdout.strip())

@@ -39,8 +39,10 @@ def ui_command(project_dir: str | Path = ".") -> str:
     import sys
 
     mlflow_bin = Path(sys.executable).parent / "mlflow"
+    # MLflow 3.17 opens an experiment on its GenAI view whatever the experiment's kind tag says: the
+    # sidebar's switch decides (README, "The two commands")
     return (f"make ui  (or: {mlflow_bin} ui --backend-store-uri {tracking_uri(project_dir)} --port 5000)"
-            "  then open http://127.0.0.1:5000")
+            "  then open http://127.0.0.1:5000 and pick \"Model training\" in its sidebar")
 
 
 def sanitize_key(key: str) -> str:
@@ -419,9 +421,10 @@ def dvc_experiment_parent(mlflow) -> Iterator[str]:
     it is the last: DVC skips the up-to-date ones). A `--force` rerun of one name on one commit joins
     the earlier parent."""
     from reftflow.config import load_params
+    from reftflow.record import git_state
 
     name, baseline = os.environ[DVC_EXP_ENV], os.environ.get("DVC_EXP_BASELINE_REV", "")
-    client = mlflow.MlflowClient()
+    client = RetryingClient(mlflow.get_tracking_uri())
     exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
     found = client.search_runs([exp_id], filter_string=f"tags.`reftflow.dvc_exp` = '{name}' and "
                                f"tags.`reftflow.dvc_exp.baseline` = '{baseline}'", max_results=1)
@@ -429,7 +432,8 @@ def dvc_experiment_parent(mlflow) -> Iterator[str]:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        tags = {"reftflow.kind": "pipeline", "reftflow.dvc_exp": name, "reftflow.dvc_exp.baseline": baseline}
+        tags = {"reftflow.kind": "pipeline", "reftflow.dvc_exp": name, "reftflow.dvc_exp.baseline": baseline,
+                PROJECT_TAG: project_key(), **source_tags(git_state(".", with_diff=False), "dvc exp run")}
         run_id = client.create_run(exp_id, run_name=f"exp-{name}", tags=tags).info.run_id
         RunLogger(mlflow, run_id).log_params(flatten(load_params("params.yaml").model_dump()))
     os.environ[PARENT_ENV] = run_id
