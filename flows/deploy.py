@@ -7,8 +7,9 @@
 
 Serving blocks and runs each scheduled flow run (or one started from the UI or with
 `prefect deployment run reftflow-pipeline/nightly`) from this process; Prefect pauses the
-deployment when it is stopped (serve's pause_on_shutdown). Point PREFECT_API_URL at a running
-`prefect server start` (`make prefect-ui`) to see the schedule and the runs in the Prefect UI.
+deployment when it is stopped (serve's pause_on_shutdown). With no PREFECT_API_URL it uses the
+Prefect server on 127.0.0.1:4200 (`make prefect-ui`), or starts one there for as long as it serves:
+the schedule and the runs are in its UI.
 
 Runs never overlap: the deployment has a concurrency limit of 1, so a run due while another is
 active waits for its slot, and the flow itself holds the project's run lock (reftflow/run_lock.py),
@@ -18,8 +19,15 @@ so a `reftflow run` started by hand meanwhile is refused with one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 
 def build_deployment(name: str = "nightly", cron: str = "0 2 * * *", timezone: str = "UTC",
@@ -44,7 +52,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--timezone", default="UTC", help="timezone of the cron (default: %(default)s)")
     parser.add_argument("--project-dir", default=".", help="project root the runs use (default: .)")
     parser.add_argument("--apply-only", action="store_true", help="register the deployment and exit")
+    parser.add_argument("--port", type=int, default=4200,
+                        help="with no PREFECT_API_URL: the port of the local Prefect server to use or start "
+                             "(default: %(default)s; its UI is there too)")
     return parser
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def prefect_api(port: int, log_dir: Path) -> Iterator[str]:
+    """The Prefect API to serve against: PREFECT_API_URL when set; else the Prefect server on
+    127.0.0.1:`port`, started here (and stopped on exit) unless one already answers there.
+
+    Not Prefect's temporary server: it runs only the services marked for ephemeral use, and its
+    scheduler is not one of them (prefect/server/api/server.py), so a cron served against it never
+    produces a run (tried: a minutely cron, 150 s, no run)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    url = f"http://127.0.0.1:{port}/api"
+    proc = None
+    if not _answers(url):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / "prefect-server.log"
+        print(f"reftflow serve: starting a Prefect server on http://127.0.0.1:{port} (its scheduler makes the cron's "
+              f"runs; the UI is there too; log: {log})", flush=True)
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 180  # a fresh DB migrates first: ~11 s here, more on a busy machine
+        while not _answers(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop(proc)
+                raise RuntimeError(f"the Prefect server on port {port} did not start (see {log}); pass --port, or "
+                                   "set PREFECT_API_URL to a running server")
+            time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = url  # the runner's flow-run subprocesses read it from the environment
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if proc is not None:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from prefect import serve
 
-    serve(deployment)
+    try:
+        with prefect_api(args.port, Path(args.project_dir).resolve() / ".dvc" / "tmp"):
+            serve(deployment)
+    except RuntimeError as e:
+        print(f"reftflow serve: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -67,3 +67,43 @@ def test_served_deployment_runs_twice_without_overlap(prefect_server, tmp_path):
     assert parents[0].data.tags["reftflow.stages_run"] == "prepare,base,sft,ppo,evaluate,gate"
     assert parents[1].data.tags["reftflow.stages_run"] == "none"  # DVC: nothing changed in between
     assert (project / "metrics/eval.json").exists()
+
+
+def test_the_cron_fires_on_a_local_prefect_server_started_by_serve(tmp_path):
+    """With no PREFECT_API_URL, `reftflow serve` starts a real Prefect server (a temporary one has no
+    scheduler): a minutely cron produces a run that completes, with its MLflow record."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    project = make_project(tmp_path / "proj", TINY_PARAMS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "PREFECT_API"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_RUNNER_POLL_FREQUENCY="2", PYTHONUNBUFFERED="1")
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--project-dir", str(project), "--name",
+                              "minutely", "--cron", "* * * * *", "--port", str(port)], cwd=project, env=env,
+                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    store = project / "mlflow.db"
+    try:
+        deadline = time.time() + 480
+        while True:
+            if store.exists():
+                client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+                parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                             filter_string="tags.`reftflow.kind` = 'pipeline'")
+                if parents and parents[0].info.status == "FINISHED":
+                    break
+            assert serve.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "no scheduled run completed:\n" + log.read_text()[-3000:]
+            time.sleep(2)
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=90)
+    text = log.read_text()
+    assert f"starting a Prefect server on http://127.0.0.1:{port}" in text
+    assert parents[0].data.tags["reftflow.gate.decision"] == "pass"
+    with socket.socket() as s:  # serve stopped the server it started
+        assert s.connect_ex(("127.0.0.1", port)) != 0
