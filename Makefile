@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: setup chromium run test ui prefect-ui serve benchmark clean help
+.PHONY: setup chromium run test test-fast ui prefect-ui serve benchmark clean help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -44,11 +44,14 @@ chromium:  ## install Debian's Chromium for the browser test (root and apt-get),
 	    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; }; } || \
 	  echo "warning: chromium not installed (needs root and apt-get: apt-get install chromium): the browser test will skip"
 
-run: setup  ## run the pipeline (Prefect flow: prepare → sft → ppo → evaluate → gate) on params.yaml
+run: setup  ## run the pipeline (Prefect flow: prepare → base → sft → rl → evaluate → gate) on params.yaml
 	$(PY) -m flows.pipeline
 
 test: setup chromium  ## run the test suite (unit, stage and end-to-end)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## the edit loop: every test not marked slow (under 3 minutes on 2 cores)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: setup  ## open the MLflow UI on this project's results (http://127.0.0.1:5000)
 	@# MLflow's job runner and its seven queue consumers serve GenAI jobs this project has none of

@@ -37,27 +37,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here: 2 for one process)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bf16", default="auto", type=lambda v: v if v == "auto" else v == "true",
+                    help="model.bf16: auto (default), true or false")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ppo_speed.json"))
     args = ap.parse_args(argv)
 
     import torch
 
-    from reftflow.config import DEFAULT_GRADER, ModelConfig, PPOConfig
+    from reftflow import precision
+    from reftflow.config import DEFAULT_GRADER, ModelConfig, RLConfig
     from reftflow.data.synthetic import generate
     from reftflow.graders import build_grader
-    from reftflow.modeling import count_parameters, save_new_model, set_threads
-    from reftflow.ppo.trainer import PPOTrainer
+    from reftflow.modeling import count_parameters, save_new_model
+    from reftflow.rl import RLRun
+    from reftflow.rl.ppo.trainer import PPOTrainer
 
-    set_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="ppo-speed-"))
     policy = Path(args.policy) if args.policy else work / "sft"
     if not args.policy:
         save_new_model(policy, ModelConfig(), args.seed)
-    cfg = PPOConfig(steps=args.warmup + args.steps, questions_per_step=args.questions, samples_per_question=args.k,
-                    minibatch_size=args.minibatch, ppo_epochs=args.epochs, max_new_tokens=args.max_new_tokens,
-                    checkpoint_every=0)
-    trainer = PPOTrainer(policy, generate(500, seed=args.seed), cfg, build_grader(DEFAULT_GRADER), work / "ppo",
-                         seed=args.seed, torch_threads=args.threads)
+    cfg = RLConfig(algorithm="ppo", steps=args.warmup + args.steps, questions_per_step=args.questions,
+                   samples_per_question=args.k, max_new_tokens=args.max_new_tokens, checkpoint_every=0, eval_interval=0,
+                   ppo={"minibatch_size": args.minibatch, "epochs": args.epochs})
+    model_cfg = ModelConfig(torch_threads=args.threads, bf16=args.bf16)
+    trainer = PPOTrainer(RLRun(policy, generate(500, seed=args.seed), cfg, build_grader(DEFAULT_GRADER), work / "ppo",
+                               args.seed, model_cfg))
     t0 = time.perf_counter()
     history = list(trainer.train())
     wall = time.perf_counter() - t0
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": args.threads,
+        "precision": precision.name(trainer.bf16),
         "parameters": count_parameters(trainer.lm),
         "policy": str(policy) if args.policy else "default tiny model, random init",
         "config": {"questions_per_step": args.questions, "samples_per_question": args.k, "minibatch_size": args.minibatch,
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"PPO speed: {result['parameters']:,} params, {args.questions}x{args.k} episodes/step, "
-          f"{args.threads} thread(s), {len(timed)} timed steps after {args.warmup} warm-up")
+          f"{args.threads} thread(s), {result['precision']}, {len(timed)} timed steps after {args.warmup} warm-up")
     print(f"{'part':<10}{'s/step':>10}{'fraction':>10}")
     for p in PARTS:
         print(f"{p:<10}{result['seconds'][p]:>10.3f}{result['ppo_step_fraction'][p]:>10.1%}")

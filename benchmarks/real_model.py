@@ -49,9 +49,9 @@ def load(args):
 
     params = load_params(EXAMPLE)
     data = params.data.model_copy(update={"num_val": args.num_val})
-    ppo = params.ppo.model_copy(update={"steps": args.ppo_steps, "checkpoint_every": 0, "eval_interval": 0})
+    rl = params.rl.updated(steps=args.ppo_steps, checkpoint_every=0, eval_interval=0)
     sft = params.sft.model_copy(update={"max_steps": args.sft_steps})
-    return params.model_copy(update={"data": data, "ppo": ppo, "sft": sft})
+    return params.model_copy(update={"data": data, "rl": rl, "sft": sft})
 
 
 def arm_main(args) -> None:
@@ -59,15 +59,9 @@ def arm_main(args) -> None:
     from reftflow.data.records import read_records
     from reftflow.evaluation import evaluate_model
     from reftflow.graders import build_grader
-    from reftflow.modeling import set_threads
-
     params, work = load(args), Path(args.work)
-    set_threads(args.threads)
     lora = args.arm.endswith("_lora")
-    if lora:  # the example fine-tunes every weight; the LoRA arms swap in adapters and their larger lr
-        params = params.model_copy(update={"model": params.model.model_copy(update={"lora": LORA}),
-                                           "ppo": params.ppo.model_copy(update={"lr": args.lora_lr})})
-    model_cfg = params.model
+    model_cfg = params.model.model_copy(update={"torch_threads": args.threads, **({"lora": LORA} if lora else {})})
     train, val = read_records(work / "train.jsonl"), read_records(work / "val.jsonl")
     grader = build_grader(params.grader)
     out = work / args.arm
@@ -81,13 +75,13 @@ def arm_main(args) -> None:
         summary = train_sft(train, model_cfg, params.sft, out, params.seed, base_dir=work / "base")
         result.update(steps=summary["global_steps"], trainable_parameters=summary["trainable_parameters"])
     else:
-        from reftflow.rl import build_algorithm
+        from reftflow.rl import RLRun, build_algorithm
 
         algorithm = args.arm.split("_")[0]
-        cfg = params.ppo.model_copy(update={"algorithm": algorithm})
+        # the example fine-tunes every weight; the LoRA arms swap in adapters and their larger lr
+        cfg = params.rl.updated(algorithm=algorithm, **({"lr": args.lora_lr} if lora else {}))
         policy = work / ("sft_lora" if lora else "sft")
-        algo = build_algorithm(algorithm, policy, train, cfg, grader, out, params.seed, torch_threads=args.threads,
-                               model_cfg=model_cfg)
+        algo = build_algorithm(RLRun(policy, train, cfg, grader, out, params.seed, model_cfg))
         history = []
         for m in algo.train():
             history.append(m)
@@ -100,7 +94,8 @@ def arm_main(args) -> None:
     result["train_s"] = time.perf_counter() - t0
     result["train_peak_rss_mb"] = peak_rss_mb()  # before the evaluation's own generate() buffers
     t1 = time.perf_counter()
-    ev = evaluate_model(out, val, grader, params.evaluate.max_new_tokens, params.evaluate.batch_size, args.arm)
+    ev = evaluate_model(out, val, grader, params.evaluate.max_new_tokens, params.evaluate.batch_size, args.arm,
+                        model_cfg=model_cfg)
     result.update(pass_rate=ev.metrics["pass_rate"], mean_score=ev.metrics["mean_score"],
                   eval_s=time.perf_counter() - t1, peak_rss_mb=peak_rss_mb(),
                   example=ev.rows[0]["output"] if ev.rows else "")

@@ -2,19 +2,19 @@
 
     python benchmarks/regime_probe.py warm --name plateau                      # SFT warm-up (params.yaml)
     python benchmarks/regime_probe.py sft  --name cont --warm plateau --seconds 120 --sft '{"max_steps": 360}'
-    python benchmarks/regime_probe.py ppo  --name v1 --warm plateau --seconds 120 --ppo '{"lr": 3e-5, "steps": 300}'
-    python benchmarks/regime_probe.py ppo  --name r1 --warm plateau --seconds 120 --ppo '{"algorithm": "raft", "steps": 600}'
+    python benchmarks/regime_probe.py rl   --name v1 --warm plateau --seconds 120 --rl '{"algorithm": "ppo", "steps": 300, "ppo": {"lr": 3e-5}}'
+    python benchmarks/regime_probe.py rl   --name r1 --warm plateau --seconds 120 --rl '{"algorithm": "raft", "steps": 600}'
     python benchmarks/regime_probe.py raft --name raft --warm plateau --seconds 120 --sft '{"max_steps": 360}'
 
 Every run reads the regime from params.yaml (or --params), changed by JSON overrides per section
-(--data, --model, --sft, --ppo), on the split of --data-seed (101: the dev split; the benchmark's
+(--data, --model, --sft, --rl; nested mappings merge key by key), on the split of --data-seed (101: the dev split; the benchmark's
 table uses 0, so tuning here never sees its held-out questions). Models go to --workdir by name, so
 later runs start from a named warm-up. Each result prints one line and is appended as JSON to
 <workdir>/probe.jsonl. "greedy" is held-out greedy accuracy (full marks), "mean_score" the mean grader score.
 
   warm  SFT from scratch on the worked items.
   sft   SFT continued from --warm for --seconds (a time limit; --sft sets the schedule's steps).
-  ppo   RL (`ppo.algorithm`: ppo, grpo or raft) from --warm for --seconds of training, evaluated every
+  rl    RL (`rl.algorithm`: ppo, grpo or raft) from --warm for --seconds of training, evaluated every
         --eval-every steps.
   raft  one round of rejection-sampling fine-tuning (RAFT/ReST/STaR): 4 samples of every training
         question, the first correct one kept for each answer-only question, then SFT from --warm on
@@ -39,16 +39,16 @@ from reftflow.config import load_params  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("mode", choices=["warm", "sft", "ppo", "raft"])
+    ap.add_argument("mode", choices=["warm", "sft", "rl", "raft"])
     ap.add_argument("--name", required=True, help="this run's model dir under --workdir")
-    ap.add_argument("--warm", help="the warm-up (a name under --workdir) that sft/ppo/raft start from")
+    ap.add_argument("--warm", help="the warm-up (a name under --workdir) that sft/rl/raft start from")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    for section in ("data", "model", "sft", "ppo"):
+    for section in ("data", "model", "sft", "rl"):
         ap.add_argument(f"--{section}", default="{}", help=f"JSON overrides of params.yaml's {section} section")
-    ap.add_argument("--seconds", type=float, default=120.0, help="training time of sft/ppo/raft")
-    ap.add_argument("--eval-every", type=int, default=40, help="ppo: held-out evaluation every N steps")
+    ap.add_argument("--seconds", type=float, default=120.0, help="training time of sft/rl/raft")
+    ap.add_argument("--eval-every", type=int, default=40, help="rl: held-out evaluation every N steps")
     ap.add_argument("--data-seed", type=int, default=101, help="split seed (101: dev; never the benchmark's 0)")
-    ap.add_argument("--seed", type=int, default=0, help="run seed of sft/ppo/raft")
+    ap.add_argument("--seed", type=int, default=0, help="run seed of sft/rl/raft")
     ap.add_argument("--threads", type=int, help="torch threads (default: model.torch_threads)")
     ap.add_argument("--workdir", default=str(ROOT / "benchmarks" / "results" / "regime"))
     args = ap.parse_args(argv)
@@ -56,30 +56,35 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"{args.mode} needs --warm NAME")
 
     p = load_params(args.params)
-    over = {s: json.loads(getattr(args, s)) for s in ("data", "model", "sft", "ppo")}
+    over = {s: json.loads(getattr(args, s)) for s in ("data", "model", "sft", "rl")}
+
+    def merge(base: dict, update: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in update.items()}}
 
     def section(cfg, **update):
-        """`cfg` with the overrides, validated (nested sections such as ppo.raft become objects)."""
-        return type(cfg).model_validate({**cfg.model_dump(), **update})
+        """`cfg` with the overrides, validated (nested sections such as rl.raft become objects)."""
+        return type(cfg).model_validate(merge(cfg.model_dump(), update))
 
     data_cfg = section(p.data, **over["data"])
     model_cfg = section(p.model, **over["model"])
     sft_cfg = section(p.sft, logging_steps=10**9, **over["sft"])
-    ppo_cfg = section(p.ppo, checkpoint_every=0, **over["ppo"])
+    rl_cfg = section(p.rl, checkpoint_every=0, eval_interval=0, **over["rl"])
 
     from transformers.utils import logging as hf_logging
 
     from reftflow.data.prepare import build_splits
     from reftflow.graders import build_grader
-    from reftflow.modeling import load_model, set_threads
+    from reftflow.modeling import device_and_precision, load_model
     from reftflow.generation import generate_greedy
     from reftflow.prompting import render_prompt
     from reftflow.sft import train_sft
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    threads = args.threads if args.threads is not None else model_cfg.torch_threads
-    set_threads(threads)
+    if args.threads is not None:
+        model_cfg = model_cfg.model_copy(update={"torch_threads": args.threads})
+    device, bf16 = device_and_precision(model_cfg)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     train, val, report = build_splits(data_cfg, args.data_seed)
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def greedy(lm, tok) -> dict[str, float]:
         """Held-out greedy accuracy (full marks) and mean grader score."""
-        outs = generate_greedy(lm, tok, [render_prompt(r, tok) for r in val], ppo_cfg.max_new_tokens, 100)
+        outs = generate_greedy(lm, tok, [render_prompt(r, tok) for r in val], rl_cfg.max_new_tokens, 100,
+                               bf16=bf16)
         scores = grade(outs, [r.item for r in val])
         return {"greedy": sum(s >= 1.0 for s in scores) / len(val), "mean_score": sum(scores) / len(val)}
 
@@ -109,11 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
         return record(worked=report["train_worked"], steps=int(s["global_steps"]), train_s=s["wall_s"],
                       **greedy(*load_model(out_dir)))
 
-    if args.mode == "ppo":
-        from reftflow.rl import build_algorithm
+    if args.mode == "rl":
+        from reftflow.rl import RLRun, build_algorithm
 
-        trainer = build_algorithm(ppo_cfg.algorithm, warm, train, ppo_cfg, grader, out_dir, seed=args.seed,
-                                  torch_threads=threads)
+        trainer = build_algorithm(RLRun(warm, train, rl_cfg, grader, out_dir, args.seed, model_cfg))
         t0, eval_s, window, row = time.perf_counter(), 0.0, [], {}
         for m in trainer.train():
             window.append(m)
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         from reftflow import generation as rollout
+        from reftflow.precision import autocast
 
         model, tok = load_model(warm)
         model.eval()
@@ -148,8 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
         K, t0, correct, solved, extra = 4, time.perf_counter(), 0, 0, []
         for start in range(0, len(train), 32):
             idx = range(start, min(start + 32, len(train)))
-            ro = rollout.sample(model, tok, [tokens[i] for i in idx for _ in range(K)], ppo_cfg.max_new_tokens,
-                                1.0, group_size=K)
+            with autocast(device, bf16):
+                ro = rollout.sample(model, tok, [tokens[i] for i in idx for _ in range(K)], rl_cfg.max_new_tokens,
+                                    1.0, group_size=K)
             scores = grade(ro.texts, [train[i].item for i in idx for _ in range(K)])
             for j, i in enumerate(idx):
                 good = [ro.texts[j * K + k] for k in range(K) if scores[j * K + k] >= 1.0]

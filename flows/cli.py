@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     predict.add_parser(sub)
     run = sub.add_parser("run", help="run the pipeline (the Prefect flow) in a project directory",
-                         description="Same as `python -m flows.pipeline`: prepare → base → sft → ppo → evaluate → gate.")
+                         description="Same as `python -m flows.pipeline`: prepare → base → sft → rl → evaluate → gate.")
     run.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")
     run.set_defaults(func=_run_pipeline)
     from flows import deploy
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
+    from reftflow import exits
+    from reftflow.errors import InputError
+    from reftflow.project import check_project
+
+    try:  # a bad params.yaml costs one line before Prefect (1.5 s to import) is even loaded
+        check_project(args.project_dir)
+    except InputError as e:
+        return exits.fail(f"reftflow: error: {e}", exits.BAD_INPUT)
     from flows.pipeline import main as pipeline_main  # imports Prefect: only for `run`
 
     return pipeline_main(["--project-dir", args.project_dir])

@@ -29,6 +29,9 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from reftflow.errors import InputError
+from reftflow.exits import CRASH, fail, one_line_errors
+
 
 def build_deployment(name: str = "nightly", cron: str = "0 2 * * *", timezone: str = "UTC",
                      project_dir: str | Path = "."):
@@ -42,7 +45,7 @@ def build_deployment(name: str = "nightly", cron: str = "0 2 * * *", timezone: s
         parameters={"project_dir": str(Path(project_dir).resolve())},
         tags=["reftflow"],
         concurrency_limit=1,  # a run that comes due while one is active waits (the server enforces it)
-        description="reftflow: prepare → base → sft → ppo → evaluate → gate (DVC skips what is up to date)",
+        description="reftflow: prepare → base → sft → rl → evaluate → gate (DVC skips what is up to date)",
     )
 
 
@@ -122,23 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     return run(add_arguments(parser).parse_args(argv))
 
 
+@one_line_errors("serve")
 def run(args: argparse.Namespace) -> int:
     """Register the deployment, then serve it (unless --apply-only)."""
-    from flows.pipeline import check_project
-    from reftflow.stage import user_errors
+    from reftflow.project import check_project
 
     try:
         from prefect.schedules import Cron
 
         Cron(args.cron, timezone=args.timezone)
     except Exception as e:  # noqa: BLE001 - croniter/pydantic raise several types; one line for the user
-        print(f"reftflow serve: error: --cron {args.cron!r}: {e}".splitlines()[0], file=sys.stderr)
-        return 2
-    try:
-        check_project(args.project_dir)  # a project that cannot run is refused now, not at 02:00
-    except user_errors() as e:
-        print(f"reftflow serve: error: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"--cron {args.cron!r}: {str(e).splitlines()[0]}") from None
+    check_project(args.project_dir)  # a project that cannot run is refused now, not at 02:00
     deployment = build_deployment(args.name, args.cron, args.timezone, args.project_dir)
     if args.apply_only:
         dep_id = deployment.apply()
@@ -150,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
         with prefect_api(args.port, Path(args.project_dir).resolve() / ".dvc" / "tmp"):
             serve(deployment)
     except RuntimeError as e:
-        print(f"reftflow serve: error: {e}", file=sys.stderr)
-        return 1
+        return fail(f"reftflow serve: error: {e}", CRASH)
     return 0
 
 

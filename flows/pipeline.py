@@ -1,4 +1,4 @@
-"""The reftflow pipeline as a Prefect flow: prepare → base → sft → ppo → evaluate → gate.
+"""The reftflow pipeline as a Prefect flow: prepare → base → sft → rl → evaluate → gate.
 
 Wiring only. Each stage runs through `dvc repro --single-item <stage>`, the same entry point DVC
 uses, so DVC alone decides what is stale; Prefect adds run names, retries, logs and the gate
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 from prefect import flow, get_run_logger, task
 from prefect.states import Failed, State
 
+from reftflow import exits
+from reftflow.project import check_project
+
 if TYPE_CHECKING:
     from reftflow.stage import StageReport
 
-STAGES = ("prepare", "base", "sft", "ppo", "evaluate", "gate")
-EXIT_BAD_INPUT = 2  # reftflow.stage.EXIT_BAD_INPUT: retrying a bad input cannot help
-EXIT_INTERRUPTED = 130  # reftflow.stage.EXIT_INTERRUPTED: someone stopped it on purpose
-EXIT_DISK_FULL = 74  # reftflow.errors.DiskFull: a retry five seconds later cannot find more space
+STAGES = ("prepare", "base", "sft", "rl", "evaluate", "gate")
 
 
 class StageFailed(RuntimeError):
@@ -73,7 +73,7 @@ def _retry_unless_final(task, task_run, state) -> bool:
     try:
         state.result()
     except StageFailed as e:
-        return e.exit_code not in (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_DISK_FULL)
+        return e.exit_code not in exits.NOT_RETRIED
     except Exception:  # noqa: BLE001 - anything else (a crash) is worth one more try
         return True
     return False
@@ -105,7 +105,7 @@ def _run_streaming(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[int,
 
 def _failure_line(stage: str, report_message: str, output: str) -> str:
     """The line that says why a stage failed: its report's, else its own last `reftflow <stage>:` line
-    (ppo prints one before exiting 3), else DVC's last error line (DVC itself failed)."""
+    (rl prints one before exiting with exits.DIVERGED), else DVC's last error line (DVC itself failed)."""
     lines = [ln.strip() for ln in output.replace("\r", "\n").splitlines() if ln.strip()]
     own = [ln for ln in lines if ln.startswith(f"reftflow {stage}:")]
     errors = [ln for ln in lines if "error" in ln.lower()]
@@ -114,7 +114,7 @@ def _failure_line(stage: str, report_message: str, output: str) -> str:
 
 def _outcome(stage: str, code: int, report: StageReport | None, output: str) -> StageResult:
     """DVC's exit code, the stage's report and the output → the result, or StageFailed to retry."""
-    if report is not None and report.exit_code == EXIT_BAD_INPUT:
+    if report is not None and report.exit_code == exits.BAD_INPUT:
         return StageResult(stage, ran=True, bad_input=report.message)
     if code != 0:
         failed = report is not None and report.exit_code != 0  # else DVC itself failed, before or after it
@@ -123,9 +123,9 @@ def _outcome(stage: str, code: int, report: StageReport | None, output: str) -> 
     return StageResult(stage, ran=report is not None)
 
 
-# sft and ppo resume from their last checkpoints, so a retry there continues rather than restarts; gate's
+# sft and rl resume from their last checkpoints, so a retry there continues rather than restarts; gate's
 # registry writes can hit a locked SQLite store. Bad input (exit 2) is returned, never retried.
-_RETRIES = {"prepare": 1, "base": 1, "sft": 1, "ppo": 1, "evaluate": 1, "gate": 2}
+_RETRIES = {"prepare": 1, "base": 1, "sft": 1, "rl": 1, "evaluate": 1, "gate": 2}
 
 
 @task(task_run_name="{stage}", retry_condition_fn=_retry_unless_final, retry_delay_seconds=5)
@@ -144,47 +144,11 @@ def run_stage(stage: str, parent_run_id: str, project_dir: str) -> StageResult:
         report = read_report(report_file)
     result = _outcome(stage, code, report, output)
     if result.bad_input is not None:
-        logger.error("stage %s refused its input (exit %d): not retried", stage, EXIT_BAD_INPUT)
+        logger.error("stage %s refused its input (exit %d): not retried", stage, exits.BAD_INPUT)
     else:
         logger.info("stage %s %s in %.1f s", stage, "ran" if result.ran else "was up to date (skipped)",
                     time.perf_counter() - start)
     return result
-
-
-def check_project(project_dir: str | Path) -> dict:
-    """Refuse a bad params.yaml or grader before any stage starts; returns the validated params.
-    A project made by `reftflow init` also gets its stages' code digests refreshed here, before DVC
-    compares them (reftflow/project.py)."""
-    from reftflow.base_model import resolve
-    from reftflow.config import ConfigError, load_params, read_yaml
-    from reftflow.graders import build_grader
-    from reftflow.project import refresh_digests
-
-    project = Path(project_dir)
-    if not (project / "params.yaml").exists():
-        raise ConfigError(f"{project}: no params.yaml here (make a project with `reftflow init DIR`, or pass "
-                          "--project-dir)")
-    params = load_params(project / "params.yaml")
-    # DVC refuses a stage whose declared params are absent from params.yaml: say which, up front
-    raw = read_yaml(project / "params.yaml") or {}
-    for name, stage in (read_yaml(project / "dvc.yaml") or {}).get("stages", {}).items():
-        for key in stage.get("params", []):
-            if isinstance(key, str) and not _has_key(raw, key):
-                raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads "
-                                  "it; write it out, with its default if that is what you want)")
-    build_grader(params.grader, base_dir=project, response_format=params.response_format).close()
-    resolve(params.model.name_or_path, base_dir=project)  # a missing model file or dir: one line, now
-    refresh_digests(project)
-    return params.model_dump()
-
-
-def _has_key(raw: dict, dotted: str) -> bool:
-    node = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 validate = task(check_project, task_run_name="validate-params")
@@ -233,13 +197,17 @@ def _print_summary(summary: dict, project_dir: Path, seconds: float) -> str:
              + (f": {reg['name']} v{reg['version']} is now @{reg['alias']}" if reg else
                 ": nothing promoted" if decision == "FAIL" else "")]
     if ev:
-        s, p = ev["sft"], ev["ppo"]
+        s, p = ev["sft"], ev["rl"]
+        g = ev["gain"]
         lines.append(f"  held-out pass rate: SFT {s['pass_rate']:.3f} → RL {p['pass_rate']:.3f} "
-                     f"({ev['gain']['pass_rate']:+.3f});  mean grader score: SFT {s['mean_score']:.3f} → "
-                     f"RL {p['mean_score']:.3f}  ({int(p['samples'])} val questions)")
+                     f"({g['pass_rate']:+.3f}, 95 % interval [{g['pass_rate_low']:+.3f}, {g['pass_rate_high']:+.3f}]);"
+                     f"  mean grader score: SFT {s['mean_score']:.3f} → RL {p['mean_score']:.3f} "
+                     f"({g['mean_score']:+.3f} [{g['mean_score_low']:+.3f}, {g['mean_score_high']:+.3f}])"
+                     f"  ({int(p['samples'])} val questions, {ev.get('precision', '?')})")
     for r in gate.get("rules", []):
         lines.append(f"  rule {r['name']}: {r['value']:.4f} vs {r['threshold']:.4f} → "
                      f"{'pass' if r['passed'] else 'FAIL'} ({r['margin']:+.4f})")
+    lines += [f"  note: {line}" for line in gate.get("noise", [])]
     lines.append(f"  stages run: {', '.join(ran) or 'none'}; up to date: {', '.join(skipped) or 'none'} "
                  f"({seconds:.0f} s)")
     if "dvc_push" in summary:
@@ -296,7 +264,8 @@ def _locked_pipeline(project: Path, run_name: str, start: float) -> dict | State
                 summary["dvc_push"] = push(str(project))
                 parent.set_tags({"reftflow.dvc_push": summary["dvc_push"]})
             if summary["eval"]:
-                parent.log_metrics({f"{m}/{k}": v for m in ("sft", "ppo") for k, v in summary["eval"][m].items()})
+                parent.log_metrics({f"{m}/{k}": v for m in ("sft", "rl") for k, v in summary["eval"][m].items()
+                                    if isinstance(v, (int, float))})
             if summary["gate"]:
                 parent.set_tags({"reftflow.gate.decision": summary["gate"]["decision"],
                                  "reftflow.stages_run": ",".join(s for s, r in ran.items() if r) or "none"})
@@ -334,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="suffix of the Prefect flow run and MLflow parent run names")
     args = parser.parse_args(argv)
     from reftflow.errors import ResourceError
-    from reftflow.run_lock import EXIT_BUSY, RunActive, hold
+    from reftflow.run_lock import RunActive, hold
     from reftflow.stage import user_errors
 
     try:
@@ -343,15 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             state = pipeline(project_dir=args.project_dir, run_name=args.run_name, return_state=True)
             state.result()
     except RunActive as e:
-        return _fail(f"reftflow: error: {e}", EXIT_BUSY)
+        return _fail(f"reftflow: error: {e}", exits.BUSY)
     except ResourceError as e:  # the flow's own MLflow calls (the parent run) found no tracking store
         return _fail(f"reftflow: error: {e}", e.exit_code)
     except user_errors() as e:
-        return _fail(f"reftflow: error: {e}", EXIT_BAD_INPUT)
+        return _fail(f"reftflow: error: {e}", exits.BAD_INPUT)
     except StageBadInput as e:
-        return _fail(str(e), EXIT_BAD_INPUT)
+        return _fail(str(e), exits.BAD_INPUT)
     except StageFailed as e:
-        return _fail(f"reftflow: {e}", 1)
+        return _fail(f"reftflow: {e}", exits.CRASH)
     return 0
 
 

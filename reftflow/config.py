@@ -19,12 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from reftflow.errors import InputError
 
 
+DEFAULT_PROMPT_TEMPLATE = "Q: {{ item.question }}\nA:"
+"""`data.prompt_template`'s default: the arithmetic example's and GSM8K's prompt."""
+
 DEFAULT_GRADER: dict[str, Any] = {
     "type": "numeric_answer",
     "name": "final_answer",
     "input": "{{ sample.output_text }}",
     "reference": "{{ item.answer }}",
     "extraction": "gsm8k",
+    "wrong_answer_score": 0.1,
 }
 """ReFT's reward (reftflow/graders/numeric.py): the default `grader` of params.yaml."""
 
@@ -55,7 +59,7 @@ class DataConfig(_Section):
     examples for the warm-up only."""
     format: Literal["auto", "openai", "reft", "gsm8k"] = "auto"
     """the items' format; auto detects it from the content."""
-    prompt_template: str = "Q: {{ item.question }}\nA:"
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     """the prompt of an item without `messages`: `{{ item.<field> }}` references to its fields."""
     chat: bool = False
     """an item without `messages` becomes a chat too: `prompt_template` is the user's message (after
@@ -74,7 +78,7 @@ class DataConfig(_Section):
     min_ops: int = Field(1, ge=1, le=3)
     max_ops: int = Field(2, ge=1, le=3)
     max_operand: int = Field(10, ge=2)
-    worked_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    worked_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """synthetic only: fraction of training items that keep their worked solution; the rest are
     answer-only (the realistic RFT case: SFT can only learn from worked items, RL from all of them).
     Real data keeps every worked solution it has."""
@@ -115,12 +119,15 @@ class ModelConfig(_Section):
     """prompt + completion tokens of an SFT example (longer ones are counted, and truncated by TRL);
     null: the model's own context length (its config's max_position_embeddings)."""
     torch_threads: int = Field(0, ge=0)
-    """0: leave torch's default; >0: torch.set_num_threads(n) in training stages (ignored on a GPU)."""
+    """0: torch's default (one thread per physical core); >0: torch.set_num_threads(n) in every stage that
+    trains or generates (ignored on a GPU). Two torch processes on the same cores slow each other 4-7x."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: the GPU when CUDA sees one, else the CPU."""
-    bf16: bool = True
-    """bf16 autocast (weights and optimizer state stay float32). TRL's trainers (SFT, GRPO) use it on the CPU
-    too, their default; our PPO and RAFT only on CUDA (on the CPU they stay float32, as measured in docs/)."""
+    bf16: Literal["auto", True, False] = "auto"
+    """bf16 autocast (weights and optimizer state stay float32) in every stage that trains or generates.
+    auto: on CUDA with bf16 support, and on a CPU only where torch reports native bf16 (AVX512_BF16 or AMX);
+    float32 elsewhere, where bf16 autocast is 10-40x slower. true forces it (and says once when it will be
+    slow); false is float32 everywhere (reftflow/precision.py)."""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass: less memory for a large model, about a third more time."""
     lora: LoRAConfig | None = None
@@ -138,7 +145,7 @@ class ModelConfig(_Section):
 
 
 class SFTConfig(_Section):
-    epochs: float = Field(40.0, gt=0)
+    epochs: float = Field(100.0, gt=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0, le=1)
     lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "cosine"
@@ -152,30 +159,28 @@ class SFTConfig(_Section):
     under checkpoints/sft/; a killed run resumes from it. 0: none (a killed run starts over)."""
 
 
-class RAFTConfig(_Section):
-    """`ppo.algorithm: raft` only (reftflow/raft.py)."""
+class _Optimizer(_Section):
+    """What every RL algorithm's own section starts with: its optimiser and how it passes over a step's data.
+    The values differ by algorithm (each section writes them out), not their meaning."""
 
     lr: float = Field(3e-5, gt=0, le=1)
-    """AdamW learning rate of the fine-tuning on accepted samples. As for PPO, Adam moves every
-    parameter by about lr per update whatever the gradient: 1e-4 drifts a sharp warm-up away."""
-    max_per_question: int = Field(1, ge=1)
-    """distinct fully accepted samples kept per question and step."""
-
-
-class PPOConfig(_Section):
-    algorithm: Literal["ppo", "grpo", "raft"] = "ppo"
-    """the RL algorithm (reftflow/rl): ppo (ours, ReFT-style), grpo (TRL GRPOTrainer), raft (rejection
-    sampling + fine-tuning); all train on the same questions and grader with the sizes below."""
-    steps: int = Field(60, ge=1)
-    questions_per_step: int = Field(16, ge=1)
-    samples_per_question: int = Field(4, ge=1)
-    """K sampled reasoning paths per question (ReFT samples several per question)."""
-    ppo_epochs: int = Field(2, ge=1)
-    minibatch_size: int = Field(32, ge=1)
-    """rollouts per update minibatch, rounded down to whole questions (a multiple of samples_per_question)
-    so that the K samples of a question share one prompt pass (reftflow/forward.py)."""
-    lr: float = Field(1e-5, gt=0, le=1)
+    """AdamW learning rate. Adam moves every parameter by about lr per update whatever the gradient: on a
+    sharp warm-up, 1e-4 and up drift nats away and lose accuracy (docs/regime.md)."""
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    epochs: int = Field(2, ge=1)
+    """passes of minibatch updates over each step's data (PPO's rollouts, RAFT's accepted samples, TRL's
+    `num_iterations` over a generation batch)."""
+    minibatch_size: int = Field(32, ge=1)
+    """samples per update minibatch (PPO and GRPO: rounded down to whole questions, so that the K samples
+    of a question share one prompt pass, reftflow/forward.py)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class PPOConfig(_Optimizer):
+    """`rl.ppo`: what only our PPO reads (reftflow/rl/ppo/): its optimiser (the policy and value head), its
+    update and its critic."""
+
     clip_range: float = Field(0.2, gt=0)
     value_clip_range: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.5, ge=0)
@@ -184,20 +189,67 @@ class PPOConfig(_Section):
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
-    advantage_estimator: Literal["gae", "grpo", "rloo"] = "gae"
-    """gae: the ReFT critic (value head, GAE); grpo / rloo: each sample against the other samples of its
-    question, no critic (as verl's `algorithm.adv_estimator`); the update stays PPO's clipped objective."""
+    advantage_estimator: Literal["gae", "group_zscore", "leave_one_out"] = "gae"
+    """gae: the ReFT critic (value head, GAE); group_zscore (GRPO's baseline: the group's mean and std) and
+    leave_one_out (RLOO's: the mean of the other samples) compare each sample with the other samples of its
+    question, no critic (verl's `algorithm.adv_estimator`); the update stays PPO's clipped objective."""
     whiten_advantages: bool = True
-    """whiten GAE advantages over the batch (TRL/verl). The grpo/rloo group baselines are never whitened
-    again: they are already centred per question (reftflow/ppo/core.py `compute_advantages`)."""
+    """whiten GAE advantages over the batch (TRL/verl). The group baselines are never whitened again: they
+    are already centred per question (reftflow/rl/ppo/core.py `compute_advantages`)."""
     negative_advantage_scale: float = Field(1.0, ge=0, le=1)
     """multiplies negative advantages (after whitening): 1 is plain PPO; below 1 pushes wrong answers
     down less than it pulls right ones up (docs/regime.md: the push-down is what drifts a sharp SFT model)."""
-    max_grad_norm: float = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW weight decay of the policy and value head."""
     value_init_std: float = Field(0.0, ge=0)
     """std of the value head's initial weights (0: zero-initialised, V = 0 at the start)."""
+    max_kl: float = Field(0.0, ge=0)
+    """stop early when the mean per-sequence KL to the reference exceeds this (0: no bound)."""
+    value_lr: float | None = Field(None, gt=0, le=1)
+    """the value head's own learning rate (null: `lr`). A critic that learns 10-30x faster than the policy
+    tracks the returns within a few steps (verl's GSM8K recipe: critic 1e-5, actor 1e-6)."""
+    value_init: Literal["zero", "mean_reward"] = "zero"
+    """zero: V = 0 until the critic learns. mean_reward: at the first step of a run, the value head's bias is
+    set to that step's mean reward, so V starts at the returns' level (with V = 0 and lam < 1, GAE hands the
+    early tokens a negative advantage after whitening: a shared reasoning prefix is pushed down)."""
+    value_detach: bool = False
+    """the value head reads the hidden states detached: no value gradient reaches the shared backbone (a
+    linear-probe critic; the policy is shaped by the policy loss alone)."""
+    critic_warmup_steps: int = Field(0, ge=0)
+    """the first N steps update only the value head (verl's `trainer.critic_warmup`)."""
+    sft_coef: float = Field(0.0, ge=0)
+    """adds sft_coef x the negative log-likelihood of the step's own full-marks answers to the loss: RAFT's
+    signal inside PPO's update (self-imitation: Oh et al., 2018, "Self-Imitation Learning"; ReFT's loop has
+    such a term, commented out). 0: plain PPO."""
+
+
+class RAFTConfig(_Optimizer):
+    """`rl.raft`: what only RAFT reads (reftflow/rl/raft.py): rejection sampling, then fine-tuning on the
+    accepted samples at its own lr (1e-4 drifts below the warm-up, 1e-5 gains less: docs/regime.md)."""
+
+    max_per_question: int = Field(1, ge=1)
+    """distinct fully accepted samples kept per question and step."""
+
+
+class GRPOConfig(_Optimizer):
+    """`rl.grpo`: what only TRL's GRPOTrainer reads (reftflow/rl/grpo.py), under TRL's names where it has them."""
+
+    beta: float = Field(0.02, ge=0)
+    """KL coefficient (TRL's `beta`; 0 loads no reference model)."""
+    epsilon: float = Field(0.2, gt=0)
+    """clip range of the surrogate (TRL's `epsilon`)."""
+
+
+class RLConfig(_Section):
+    """`rl`: the RL stage. The keys here are read by every algorithm; `rl.<algorithm>` holds what only that
+    algorithm reads, so that a change to another algorithm's keys reruns nothing (dvc.yaml lists
+    `rl.${rl.algorithm}`)."""
+
+    algorithm: Literal["ppo", "grpo", "raft"] = "raft"
+    """the RL algorithm (reftflow/rl): ppo (ours, ReFT-style), grpo (TRL GRPOTrainer), raft (rejection
+    sampling + fine-tuning); all train on the same questions and grader with the sizes below."""
+    steps: int = Field(150, ge=1)
+    questions_per_step: int = Field(16, ge=1)
+    samples_per_question: int = Field(4, ge=1)
+    """K sampled answers per question (ReFT samples several per question)."""
     temperature: float = Field(1.0, gt=0, le=10)
     max_new_tokens: int = Field(48, ge=1)
     num_processes: int = Field(1, ge=1)
@@ -205,18 +257,40 @@ class PPOConfig(_Section):
     NCCL on GPUs): rollouts sharded, gradients all-reduced, rank 0 logs and saves."""
     checkpoint_every: int = Field(20, ge=0)
     """save a resumable checkpoint every N steps (0: never)."""
-    max_kl: float = Field(0.0, ge=0)
-    """stop early when the mean per-sequence KL to the reference exceeds this (0: no bound)."""
     eval_interval: int = Field(25, ge=0)
     """every N RL steps, greedy decoding of `eval_samples` held-out items gives `valid_reward_mean` and
     `valid_pass_rate`: the validation curve while RL trains (0: never)."""
     eval_samples: int = Field(50, ge=1)
+    ppo: PPOConfig = PPOConfig()
     raft: RAFTConfig = RAFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+
+    @property
+    def algo(self) -> PPOConfig | RAFTConfig | GRPOConfig:
+        """The chosen algorithm's own section."""
+        return getattr(self, self.algorithm)
+
+    def updated(self, **changes: Any) -> RLConfig:
+        """A validated copy with `changes`, each key set where it lives: a shared key (`steps=3`) on `rl`,
+        any other (`lr=1e-4`) in the chosen algorithm's section; `algorithm` is applied first, so
+        `updated(algorithm="raft", lr=1e-4)` sets `rl.raft.lr`."""
+        data = self.model_dump()
+        algorithm = changes.pop("algorithm", self.algorithm)
+        data["algorithm"] = algorithm
+        for key, value in changes.items():
+            if key in data and key not in ("ppo", "raft", "grpo"):
+                data[key] = value
+            else:
+                data[algorithm][key] = value
+        try:
+            return RLConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"rl: {_describe(e.errors()[0])}") from None
 
     @model_validator(mode="after")
-    def _check(self) -> PPOConfig:
+    def _check(self) -> RLConfig:
         if self.algorithm == "raft" and self.num_processes > 1:
-            raise ValueError("algorithm 'raft' runs on one process: set ppo.num_processes to 1")
+            raise ValueError("algorithm 'raft' runs on one process: set rl.num_processes to 1")
         if self.questions_per_step % self.num_processes:
             raise ValueError(f"questions_per_step {self.questions_per_step} must be a multiple of num_processes "
                              f"{self.num_processes} (every process does the same updates)")
@@ -228,15 +302,20 @@ class EvaluateConfig(_Section):
     pass_threshold: float = Field(1.0, gt=0, le=1)
     """an answer passes when its grader score is at least this: the pass rate counts them (1.0: full marks,
     which for a numeric answer is accuracy)."""
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(100, ge=1)
     max_samples: int = Field(0, ge=0)
     """0: the whole val set."""
     num_logged_samples: int = Field(20, ge=0)
     """how many sample generations go to MLflow as a table."""
+    samples_per_item: int = Field(0, ge=0)
+    """k > 0: also k sampled answers per item at `temperature`, for the sampled pass rate, pass@k (any of
+    the k passes) and maj@k (the most common final answer passes: ReFT's voting); 0: greedy only."""
+    temperature: float = Field(1.0, gt=0, le=10)
+    """the sampled evaluation's temperature (`samples_per_item` > 0)."""
 
 
 class GateConfig(_Section):
-    min_pass_rate: float = Field(0.0, ge=0, le=1)
+    min_pass_rate: float = Field(0.05, ge=0, le=1)
     """minimum held-out pass rate of the RL model (evaluate.pass_threshold)."""
     min_gain: float = Field(0.0, ge=-1, le=1)
     """minimum held-out pass-rate gain of the RL model over its SFT warm-up (negative allows a small loss)."""
@@ -244,6 +323,11 @@ class GateConfig(_Section):
     """minimum mean grader score of the RL model."""
     min_score_gain: float = Field(-1.0, ge=-1, le=1)
     """minimum mean-score gain over the SFT warm-up (-1: no rule; a task with partial credit gates on it)."""
+    min_gain_lower: float | None = Field(None, ge=-1, le=1)
+    """the lower end of the pass-rate gain's paired 95 % interval must reach this (null: no rule). 0 means
+    "never promote on noise": the held-out set must tell the gain apart from zero."""
+    min_score_gain_lower: float | None = Field(None, ge=-1, le=1)
+    """the same for the mean-score gain (tasks with partial credit gate on it)."""
     max_grader_error_rate: float = Field(0.05, ge=0, le=1)
     """the most of the PPO model's held-out answers the grader may fail on (raise, time out, return
     garbage): those score 0, so past this the evaluation measures the grader, not the model."""
@@ -255,7 +339,7 @@ class Params(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     sft: SFTConfig = SFTConfig()
-    ppo: PPOConfig = PPOConfig()
+    rl: RLConfig = RLConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
     grader: dict[str, Any] | str = Field(default_factory=lambda: copy.deepcopy(DEFAULT_GRADER))
@@ -326,6 +410,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    if "ppo" in raw:  # the section before the RL stage was named for what it does, not one algorithm
+        raise ConfigError(f"{source}: section 'ppo' is now 'rl': the keys every algorithm reads stay under rl:, "
+                          "and each algorithm's own go under rl.ppo, rl.raft or rl.grpo (ppo.lr is rl.ppo.lr, "
+                          "ppo.ppo_epochs is rl.ppo.epochs; the shipped params.yaml has them all)")
     try:
         return Params.model_validate(raw)
     except ValidationError as e:

@@ -1,7 +1,7 @@
 """Which process this is, decided one way for the whole code base.
 
 `torchrun` and `accelerate launch` both set RANK and WORLD_SIZE for every process they start; a
-plain `python -m tasks.ppo` sets neither and is the only (main) process.
+plain `python -m tasks.rl` sets neither and is the only (main) process.
 """
 
 from __future__ import annotations

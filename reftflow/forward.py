@@ -2,7 +2,7 @@
 positions that predict response tokens, with the K samples of a question sharing one prompt pass.
 
 Used by the sampler (`reftflow.generation`), PPO's policy/value and reference forwards, and RAFT's
-fine-tuning loss. Every tensor is `(bs, R)` over the R response positions, as in `reftflow.ppo.core`.
+fine-tuning loss. Every tensor is `(bs, R)` over the R response positions, as in `reftflow.tensors`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import inspect
 import torch
 from torch import nn
 
-from reftflow.ppo.core import logprobs_from_logits
+from reftflow.tensors import logprobs_from_logits
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

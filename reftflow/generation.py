@@ -114,15 +114,8 @@ def _greedy_config(tokenizer, max_new_tokens: int):
 
 
 @torch.no_grad()
-def sample(
-    model,
-    tokenizer,
-    prompt_tokens: list[list[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    pad_multiple: int = 8,
-    group_size: int = 1,
-) -> Rollout:
+def sample(model, tokenizer, prompt_tokens: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+           pad_multiple: int = 8, group_size: int = 1) -> Rollout:
     """One sampled response per prompt (repeat a prompt K times for K samples).
 
     `group_size` K: prompts come in runs of K copies (K samples per question); each prompt is
@@ -187,10 +180,14 @@ def _fixed_width(cols: list[torch.Tensor], width: int, fill) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_greedy(lm, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+def generate_greedy(lm, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
+                    bf16: bool = False) -> list[str]:
     """Greedy completions of `prompts` (texts) by a plain causal LM, in their order; special tokens
-    skipped. Prompts are batched by length (longest first) to keep left padding short.
+    skipped. Prompts are batched by length (longest first) to keep left padding short. `bf16`: under bf16
+    autocast (`reftflow.precision`).
     """
+    from reftflow.precision import autocast
+
     if not prompts:
         return []
     was_training = lm.training
@@ -203,7 +200,8 @@ def generate_greedy(lm, tokenizer, prompts: list[str], max_new_tokens: int, batc
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = left_pad([tokens[i] for i in chunk], tokenizer.pad_token_id)
-        gen = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        with autocast(device, bf16):
+            gen = lm.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
         resp = gen[:, ids.shape[1]:].cpu()
         texts = decode(tokenizer, resp, response_mask(resp, tokenizer.eos_token_id))
         for i, text in zip(chunk, texts):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -96,3 +97,12 @@ def remove_leftovers(dest: str | Path) -> list[Path]:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def file_md5(path: str | Path) -> str:
+    """The same md5 DVC records for a file output in dvc.lock (the plain md5 of its bytes)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

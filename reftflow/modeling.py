@@ -97,14 +97,14 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device, bf16: bool = True):
-    """bf16 autocast on CUDA (float32 weights and optimizer state, bf16 matmuls); nothing on the CPU,
-    where bf16 matmuls are slower than float32 on most machines."""
-    import contextlib
+def device_and_precision(cfg: ModelConfig) -> tuple[torch.device, bool]:
+    """The device a stage trains or generates on (`model.device`), with torch's threads set (`model.torch_threads`),
+    and whether it runs under bf16 autocast (`model.bf16`, reftflow/precision.py): every stage asks here."""
+    from reftflow.precision import use_bf16
 
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    device = select_device(cfg.device)
+    set_threads(cfg.torch_threads, device)
+    return device, use_bf16(cfg.bf16, device)
 
 
 def context_length(cfg: ModelConfig, model) -> int:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from reftflow.errors import InputError
+from reftflow.exits import one_line_errors
 
 
 def model_uri(name: str, model: str) -> str:
@@ -76,20 +76,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors("predict")
 def _run(args: argparse.Namespace) -> int:
-    try:
-        if args.json:
-            try:
-                request = json.loads(args.question)
-            except ValueError as e:
-                raise InputError(f"--json: QUESTION is not JSON ({e})") from None
-        else:
-            request = {"question": args.question}
-        name = args.name or registered_name(args.project_dir)
-        answers = predict(request, model_uri(name, args.model), args.project_dir)
-    except InputError as e:
-        print(f"reftflow predict: error: {e}", file=sys.stderr)
-        return 2
+    if args.json:
+        try:
+            request = json.loads(args.question)
+        except ValueError as e:
+            raise InputError(f"--json: QUESTION is not JSON ({e})") from None
+    else:
+        request = {"question": args.question}
+    name = args.name or registered_name(args.project_dir)
+    answers = predict(request, model_uri(name, args.model), args.project_dir)
     for answer in answers:
         print(answer.strip())
     return 0

@@ -24,6 +24,7 @@ import yaml
 
 from reftflow.codedeps import stage_digest, stage_files
 from reftflow.errors import InputError
+from reftflow.exits import CRASH, fail, one_line_errors
 from reftflow.prompting import PROMPT_KEYS
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -40,8 +41,8 @@ CODE_DIGESTS = ("as a dep the digest of the reftflow code it runs (.reftflow/cod
 
 def _keys(section: str, fields: Iterable[str] | None = None) -> list[str]:
     """`section.<key>` for `fields`, or for every key of the section's typed config (a nested section's
-    keys one level down: `ppo.raft.lr`). A mapping that is one value (`model.lora`, `data.hf_columns`)
-    stays one key: DVC compares it whole."""
+    keys one level down). A mapping that is one value (`model.lora`, `data.hf_columns`) stays one key:
+    DVC compares it whole."""
     from pydantic import BaseModel
 
     from reftflow.config import Params
@@ -55,6 +56,20 @@ def _keys(section: str, fields: Iterable[str] | None = None) -> list[str]:
         else:
             keys.append(f"{section}.{name}")
     return keys
+
+
+def _rl_shared_keys() -> list[str]:
+    """The `rl` keys every algorithm reads: all but the one section per algorithm (`rl.ppo`, ...)."""
+    from typing import get_args
+
+    from reftflow.config import RLConfig
+
+    algorithms = get_args(RLConfig.model_fields["algorithm"].annotation)
+    return [k for k in RLConfig.model_fields if k not in algorithms]
+
+
+RL_ALGORITHM_KEY = "rl.${rl.algorithm}"
+"""the chosen algorithm's section, compared whole by DVC (which resolves the template from params.yaml)."""
 
 
 # What each stage reads and writes besides its code; dvc.yaml is rendered from this one table.
@@ -71,23 +86,26 @@ STAGES: dict[str, dict[str, Any]] = {
             "params": ["seed", *_keys("model"), *_keys("sft")],
             "outs": ["models/sft"], "metrics": [{"metrics/sft.json": {"cache": False}}],
             "plots": [{"plots/sft_loss.csv": {"x": "step", "y": "loss", "cache": False}}]},
-    # RL loads models/sft: of `model` it reads only how to train it, not its shape or source
-    "ppo": {"deps": ["models/sft", "data/prepared/train.jsonl", "data/prepared/val.jsonl"],
-            "params": ["seed", *_keys("ppo"), "grader", "response_format",
-                       *_keys("model", ["torch_threads", "device", "bf16", "gradient_checkpointing", "lora"])],
-            "outs": ["models/ppo"],
-            "metrics": [{"metrics/ppo.json": {"cache": False}}],
-            "plots": [{"plots/ppo_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},
-    "evaluate": {"deps": ["models/sft", "models/ppo", "data/prepared/val.jsonl"],
-                 "params": [*_keys("evaluate"), "grader", "response_format", "model.torch_threads"],
+    # RL loads models/sft: of `model` it reads only how to train it, not its shape or source. Of `rl` it reads
+    # the shared keys and the chosen algorithm's own section (DVC's templating resolves `${rl.algorithm}` from
+    # params.yaml), so a change to another algorithm's keys reruns nothing.
+    "rl": {"deps": ["models/sft", "data/prepared/train.jsonl", "data/prepared/val.jsonl"],
+           "params": ["seed", *_keys("rl", _rl_shared_keys()), RL_ALGORITHM_KEY, "grader", "response_format",
+                      *_keys("model", ["torch_threads", "device", "bf16", "gradient_checkpointing", "lora"])],
+           "outs": ["models/rl"],
+           "metrics": [{"metrics/rl.json": {"cache": False}}],
+           "plots": [{"plots/rl_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},
+    "evaluate": {"deps": ["models/sft", "models/rl", "data/prepared/val.jsonl"],
+                 "params": ["seed", *_keys("evaluate"), "grader", "response_format",
+                            *_keys("model", ["torch_threads", "device", "bf16"])],
                  "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},
     # the registered model renders requests as the data was rendered, and answers in as many tokens
-    "gate": {"deps": ["models/ppo", "metrics/eval.json", "data/prepared/val.jsonl"],
+    "gate": {"deps": ["models/rl", "metrics/eval.json", "data/prepared/val.jsonl"],
              "params": [*_keys("gate"), *_keys("data", PROMPT_KEYS), "evaluate.max_new_tokens"],
              "metrics": [{"metrics/gate.json": {"cache": False}}], "outs": [{"metrics/gate.md": {"cache": False}}]},
 }
 # directories listed whole in the repo's dvc.yaml (every file in them is imported by the stage)
-_WHOLE_DIRS = {"prepare": ["reftflow/data"], "ppo": ["reftflow/graders", "reftflow/ppo", "reftflow/rl"],
+_WHOLE_DIRS = {"prepare": ["reftflow/data"], "rl": ["reftflow/graders", "reftflow/rl"],
                "sft": ["reftflow/graders"], "evaluate": ["reftflow/graders"], "gate": ["reftflow/graders"]}
 
 
@@ -122,6 +140,50 @@ def refresh_digests(project_dir: str | Path) -> None:
         path, digest = project / DIGESTS / f"{stage}.md5", stage_digest(stage) + "\n"
         if not path.exists() or path.read_text() != digest:
             atomic_write_text(path, digest)
+
+
+def check_project(project_dir: str | Path) -> dict:
+    """Refuse a bad params.yaml or grader before any stage starts (and before Prefect is even imported);
+    returns the validated params. A project made by `reftflow init` also gets its stages' code digests
+    refreshed here, before DVC compares them."""
+    from reftflow.base_model import resolve
+    from reftflow.config import ConfigError, load_params, read_yaml
+    from reftflow.graders import build_grader
+
+    project = Path(project_dir)
+    if not (project / "params.yaml").exists():
+        raise ConfigError(f"{project}: no params.yaml here (make a project with `reftflow init DIR`, or pass "
+                          "--project-dir)")
+    params = load_params(project / "params.yaml")
+    # DVC refuses a stage whose declared params are absent from params.yaml: say which, up front
+    raw = read_yaml(project / "params.yaml") or {}
+    for name, stage in (read_yaml(project / "dvc.yaml") or {}).get("stages", {}).items():
+        for key in stage.get("params", []):
+            if isinstance(key, str) and not has_key(raw, key):
+                raise ConfigError(f"{project / 'params.yaml'}: key '{key}' is missing (dvc.yaml stage '{name}' reads "
+                                  "it; write it out, with its default if that is what you want)")
+    build_grader(params.grader, base_dir=project, response_format=params.response_format).close()
+    resolve(params.model.name_or_path, base_dir=project)  # a missing model file or dir: one line, now
+    refresh_digests(project)
+    return params.model_dump()
+
+
+def has_key(raw: dict, dotted: str) -> bool:
+    """Whether params.yaml has the dotted key, after DVC's `${...}` templating (`rl.${rl.algorithm}`)."""
+    import re
+
+    missing = object()
+
+    def lookup(path: str):
+        node = raw
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return missing
+            node = node[part]
+        return node
+
+    resolved = re.sub(r"\$\{([\w.]+)\}", lambda m: str(lookup(m.group(1))), dotted)
+    return lookup(resolved) is not missing
 
 
 def examples() -> list[str]:
@@ -221,15 +283,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors("init")
 def _run(args: argparse.Namespace) -> int:
     try:
         project = init(args.directory, args.example, run_setup=not args.no_setup).resolve()
-    except InputError as e:
-        print(f"reftflow init: error: {e}", file=sys.stderr)
-        return 2
     except SetupFailed as e:
-        print(f"reftflow init: error: {e}", file=sys.stderr)
-        return 1
+        return fail(f"reftflow init: error: {e}", CRASH)
     print(f"reftflow init: created {project} (example {args.example}); run it with:\n"
           f"  reftflow run --project-dir {project}")
     return 0

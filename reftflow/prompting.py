@@ -12,8 +12,7 @@ from typing import Any
 
 from reftflow.data.records import Record
 
-DEFAULT_PROMPT_TEMPLATE = "Q: {{ item.question }}\nA:"
-"""`data.prompt_template`'s default: the arithmetic example's and GSM8K's prompt."""
+from reftflow.config import DEFAULT_PROMPT_TEMPLATE
 PROMPT_KEYS = ("prompt_template", "chat", "system_prompt")
 """the `data` keys that turn an item without messages into a prompt (the registered model keeps them)."""
 

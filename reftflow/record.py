@@ -7,6 +7,7 @@ on the parent run; `reftflow.rerun` reads them back. Nothing here talks to MLflo
 
 from __future__ import annotations
 
+import json
 import importlib.metadata as md
 import os
 import platform
@@ -77,10 +78,27 @@ def machine() -> dict[str, Any]:
     import torch
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux only
+    from reftflow.precision import native_bf16
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"platform": platform.platform(), "arch": platform.machine(), "host": platform.node(),
             "cpu_count": os.cpu_count(), "cpus_usable": usable, "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "cuda": torch.version.cuda or "none"}
+            "cpu_native_bf16": native_bf16(torch.device("cpu")), "gpu": gpu, "cuda": torch.version.cuda or "none"}
+
+
+def precisions(project_dir: str | Path) -> dict[str, str]:
+    """{stage: bf16 | float32} for each stage that trained or generated, as its metrics file says."""
+    from reftflow import paths
+
+    out = {}
+    for stage, path in (("sft", paths.SFT_METRICS), ("rl", paths.RL_METRICS), ("evaluate", paths.EVAL_METRICS)):
+        try:
+            found = json.loads((Path(project_dir) / path).read_text()).get("precision")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if found:
+            out[stage] = found
+    return out
 
 
 def lock_md5s(project_dir: str | Path, stage: str = "prepare") -> dict[str, str]:

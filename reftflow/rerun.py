@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from reftflow.errors import InputError
+from reftflow.exits import CRASH, fail, one_line_errors
 
 ORIGIN_REMOTE = "reftflow-origin"
 
@@ -170,16 +171,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors("rerun")
 def _run(args: argparse.Namespace) -> int:
     directory = args.dir or str(Path(tempfile.gettempdir()) / f"reftflow-rerun-{args.run_id[:12]}")
     try:
         dest = rebuild(args.run_id, directory, args.project_dir)
-    except InputError as e:
-        print(f"reftflow rerun: error: {e}", file=sys.stderr)
-        return 2
     except RerunError as e:
-        print(f"reftflow rerun: error: {e}", file=sys.stderr)
-        return 1
+        return fail(f"reftflow rerun: error: {e}", CRASH)
     print(f"reftflow rerun: run {args.run_id} rebuilt in {dest}", flush=True)
     for line in version_warnings(args.run_id, args.project_dir):
         print(f"reftflow rerun: warning: {line}", flush=True)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterator
 
 LOCK_FILE = Path(".dvc") / "tmp" / "reftflow-run.lock"
-EXIT_BUSY = 75  # EX_TEMPFAIL (sysexits.h): nothing is wrong with the input; try again later
 
 _held: dict[Path, int] = {}  # lock path → fd, for the runs this process already holds (re-entrant)
 

@@ -21,19 +21,10 @@ def sft_examples(records: list[Record], tokenizer=None) -> list[dict[str, str]]:
     return [{"prompt": render_prompt(r, tokenizer), "completion": r.completion} for r in records if r.completion]
 
 
-def train_sft(
-    records: list[Record],
-    model_cfg: ModelConfig,
-    cfg: SFTConfig,
-    out_dir: str | Path,
-    seed: int,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
-    work_dir: str | Path | None = None,
-    init_from: str | Path | None = None,
-    time_limit_s: float | None = None,
-    base_dir: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-) -> dict[str, float]:
+def train_sft(records: list[Record], model_cfg: ModelConfig, cfg: SFTConfig, out_dir: str | Path, seed: int,
+              on_log: Callable[[int, dict[str, float]], None] | None = None, work_dir: str | Path | None = None,
+              init_from: str | Path | None = None, time_limit_s: float | None = None,
+              base_dir: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> dict[str, float]:
     """Train, save a normal HF model dir (+ tokenizer) to `out_dir`, return summary metrics.
 
     `on_log(step, metrics)` receives the trainer's periodic logs (loss, lr, ...): the caller logs them.
@@ -49,10 +40,10 @@ def train_sft(
     import tempfile
 
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import SFTTrainer
 
-    from reftflow.lora import peft_config
+    from reftflow import trainer_checkpoints
+    from reftflow.lora import peft_config, trainable_parameters
     from reftflow.modeling import context_length, count_parameters, init_model, load_model, save_trained
 
     model, tokenizer = load_model(init_from) if init_from else init_model(model_cfg, seed, base_dir)
@@ -62,45 +53,23 @@ def train_sft(
     max_length = context_length(model_cfg, model)
     too_long = count_too_long(tokenizer, [e["prompt"] + e["completion"] for e in examples], max_length)
     tokenizer.padding_side = "right"  # training pads on the right; generation switches to left
-    started: list[float] = []
-
-    class _Hooks(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            started.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if time_limit_s is not None and time.perf_counter() - started[0] >= time_limit_s:
-                control.should_training_stop = True
-
-        def on_save(self, args, state, control, **kwargs):
-            # the Trainer writes a checkpoint in place: only one this callback has marked is whole
-            marker = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
-            if marker.parent.is_dir():
-                marker.write_text("")
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if on_log and logs:
-                on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
-
+    hooks = _hooks(on_log, time_limit_s)
     out_dir = Path(out_dir)
     work = Path(checkpoint_dir or work_dir or tempfile.mkdtemp(prefix="reftflow-sft-"))
-    resume = last_complete_checkpoint(work) if checkpoint_dir else None
+    resume = trainer_checkpoints.last_complete(work) if checkpoint_dir else None
     args = _trl_config(cfg, model_cfg, work, seed, max_length, checkpoints=checkpoint_dir is not None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=[_Hooks()],
+                         processing_class=tokenizer,
+                         callbacks=[hooks, trainer_checkpoints.mark_complete_callback()],
                          peft_config=peft_config(model_cfg.lora) if model_cfg.lora else None)
-    from reftflow.lora import trainable_parameters
-
     trainable = trainable_parameters(trainer.model)
     if resume is not None:
-        print(f"sft: resuming from {resume} (step {resume.name.split('-')[-1]})", flush=True)
+        print(f"sft: resuming from {resume} (step {trainer_checkpoints.global_step(resume)})", flush=True)
         if on_log:  # the resumed run's record and curve start at step 1, as an uninterrupted one's do
-            import json
-
-            for entry in json.loads((resume / "trainer_state.json").read_text()).get("log_history", []):
-                on_log(int(entry["step"]), {k: float(v) for k, v in entry.items() if isinstance(v, (int, float))})
+            for entry in trainer_checkpoints.log_history(resume):
+                on_log(int(entry["step"]), entry)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall_s = time.perf_counter() - started[0]
+    wall_s = time.perf_counter() - hooks.started
     tokenizer.padding_side = "left"
     save_trained(trainer, tokenizer, out_dir)
     if work_dir is None and checkpoint_dir is None:
@@ -109,25 +78,29 @@ def train_sft(
             "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)), "wall_s": wall_s,
             "global_steps": float(result.global_step), "parameters": float(count_parameters(model)),
             "trainable_parameters": float(trainable), "too_long": float(too_long), "max_length": float(max_length),
-            "resumed_from_step": float(resume.name.split("-")[-1]) if resume else 0.0}
+            "resumed_from_step": float(trainer_checkpoints.global_step(resume)) if resume else 0.0}
 
 
-COMPLETE_MARKER = "reftflow-complete"
+def _hooks(on_log: Callable[[int, dict[str, float]], None] | None, time_limit_s: float | None):
+    """A TrainerCallback that hands the Trainer's logs to `on_log`, stops training after `time_limit_s`
+    seconds, and keeps when training began (`.started`)."""
+    from transformers import TrainerCallback
 
+    class Hooks(TrainerCallback):
+        started = 0.0
 
-def last_complete_checkpoint(directory: Path) -> Path | None:
-    """The newest `checkpoint-N` the Trainer finished writing (see `on_save`); the unfinished ones a
-    kill left behind are removed, so the Trainer cannot pick one up either."""
-    import shutil
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
 
-    if not directory.is_dir():
-        return None
-    found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]))
-    for p in [p for p in found if not (p / COMPLETE_MARKER).is_file()]:
-        shutil.rmtree(p, ignore_errors=True)
-    complete = [p for p in found if (p / COMPLETE_MARKER).is_file()]
-    return complete[-1] if complete else None
+        def on_step_end(self, args, state, control, **kwargs):
+            if time_limit_s is not None and time.perf_counter() - self.started >= time_limit_s:
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if on_log and logs:
+                on_log(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+    return Hooks()
 
 
 def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, max_length: int,
@@ -138,9 +111,9 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, m
     so that a kill while the newest is written leaves the one before."""
     from trl import SFTConfig as TRLSFTConfig
 
-    from reftflow.modeling import select_device
+    from reftflow.modeling import device_and_precision
 
-    on_gpu = select_device(model_cfg.device).type == "cuda"
+    device, bf16 = device_and_precision(model_cfg)
     return TRLSFTConfig(
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
@@ -159,8 +132,8 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, m
         data_seed=seed,
         max_length=max_length,
         completion_only_loss=True,
-        use_cpu=not on_gpu,
-        bf16=model_cfg.bf16,  # TRL's default, on the CPU too (accelerate's CPU autocast)
+        use_cpu=device.type != "cuda",
+        bf16=bf16,  # accelerate's autocast, on the CPU too where it is native (reftflow/precision.py)
         activation_checkpointing=model_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=False,

@@ -24,11 +24,9 @@ from typing import Callable
 
 from reftflow.config import Params, load_params
 from reftflow.env import apply_defaults
+from reftflow import exits
 from reftflow.errors import DiskFull, InputError, ResourceError
 
-EXIT_BAD_INPUT = 2
-EXIT_CRASH = 1
-EXIT_INTERRUPTED = 130
 REPORT_ENV = "REFTFLOW_STAGE_REPORT"
 
 
@@ -50,7 +48,7 @@ def read_report(path: str | Path) -> StageReport | None:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return StageReport(str(data.get("stage", "")), int(data.get("exit_code", EXIT_CRASH)), str(data.get("message", "")))
+    return StageReport(str(data.get("stage", "")), int(data.get("exit_code", exits.CRASH)), str(data.get("message", "")))
 
 
 def _write_report(report: StageReport) -> None:
@@ -74,13 +72,13 @@ def _exit_status(exc: SystemExit) -> tuple[int, str]:
         return 0, ""
     if isinstance(exc.code, int):
         return exc.code, ""
-    return EXIT_CRASH, str(exc.code)  # sys.exit("text") prints the text and exits 1
+    return exits.CRASH, str(exc.code)  # sys.exit("text") prints the text and exits 1
 
 
 def _report_exit(stage: str, exc: SystemExit) -> None:
     code, message = _exit_status(exc)
     if code:
-        # a stage that relaunches itself (ppo under torchrun) exits with the launcher's code; a
+        # a stage that relaunches itself (rl under torchrun) exits with the launcher's code; a
         # failure its rank 0 already reported says more than that code does, so keep it
         path = os.environ.get(REPORT_ENV)
         earlier = read_report(path) if path else None
@@ -131,14 +129,14 @@ def main(stage: str, description: str, run: Callable[[Params, argparse.Namespace
         params = load_params(args.params)
         run(params, args)
     except user_errors() as e:
-        _write_report(StageReport(stage, EXIT_BAD_INPUT, str(e)))
+        _write_report(StageReport(stage, exits.BAD_INPUT, str(e)))
         print(f"reftflow {stage}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(exits.BAD_INPUT)
     except KeyboardInterrupt:
-        _write_report(StageReport(stage, EXIT_INTERRUPTED, "interrupted"))
+        _write_report(StageReport(stage, exits.INTERRUPTED, "interrupted"))
         print(f"reftflow {stage}: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except SystemExit as e:  # the stage chose its own exit (ppo: 3 on divergence, after its error line)
+        sys.exit(exits.INTERRUPTED)
+    except SystemExit as e:  # the stage chose its own exit (rl: exits.DIVERGED, after its error line)
         _report_exit(stage, e)
         raise
     except BaseException as e:
@@ -148,6 +146,6 @@ def main(stage: str, description: str, run: Callable[[Params, argparse.Namespace
             print(f"reftflow {stage}: error: {resource}", file=sys.stderr)
             sys.exit(resource.exit_code)
         # a bug: report it in one line, and keep the traceback for whoever fixes it
-        _write_report(StageReport(stage, EXIT_CRASH, _one_line(e)))
+        _write_report(StageReport(stage, exits.CRASH, _one_line(e)))
         raise
     _write_report(StageReport(stage, 0))

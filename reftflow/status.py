@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reftflow.errors import InputError
+from reftflow.exits import one_line_errors
 
 
 def stale_stages(project_dir: str | Path) -> dict[str, list[str]]:
@@ -132,12 +133,19 @@ def report(project_dir: str | Path = ".") -> str:
         lines.append(f"last run: {run.info.run_id} ({run.info.run_name}), started {_when(run.info.start_time)}"
                      f"{took}, {run.info.status}; gate {tags.get('reftflow.gate.decision', 'not reached').upper()}"
                      f"; stages run: {tags.get('reftflow.stages_run', '?')}")
+    from reftflow.record import machine, precisions
+
+    ran_in = precisions(project)
+    if ran_in:
+        native = "has" if machine()["cpu_native_bf16"] else "has no"
+        lines.append("precision: " + ", ".join(f"{s} {p}" for s, p in ran_in.items())
+                     + f" (model.bf16: {load_params(project / 'params.yaml').model.bf16}; this CPU {native} native bf16)")
     found = champion(client, name)
     if found is None:
         lines.append(f"champion: none ({name}@champion is not registered yet)")
     else:
         mv, promoted_by = found
-        metrics = {k: v for k, v in sorted(promoted_by.data.metrics.items()) if k.startswith(("ppo/", "sft/"))}
+        metrics = {k: v for k, v in sorted(promoted_by.data.metrics.items()) if k.startswith(("rl/", "sft/"))}
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.split("/")[1] in ("pass_rate", "mean_score"))
         lines.append(f"champion: {name} v{mv.version}, registered {_when(mv.creation_timestamp)} by pipeline run "
                      f"{promoted_by.info.run_id} ({promoted_by.info.run_name}; gate run {mv.run_id})")
@@ -154,11 +162,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors("status")
 def _run(args: argparse.Namespace) -> int:
-    try:
-        text = report(args.project_dir)
-    except InputError as e:
-        print(f"reftflow status: error: {e}", file=sys.stderr)
-        return 2
-    print(text)
+    print(report(args.project_dir))
     return 0

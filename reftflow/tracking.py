@@ -1,4 +1,5 @@
-"""The one module that talks to MLflow: run lifecycle, params, metrics, artifacts, datasets, registry.
+"""The one module that talks to MLflow about runs: their lifecycle, params, metrics, artifacts and datasets
+(the registry, which only the gate and what reads the champion use, is `reftflow.registry`).
 
 Lifecycle: the Prefect flow opens one parent run per pipeline
 run and passes its id to each stage subprocess in `REFTFLOW_PARENT_RUN_ID`; a stage that actually
@@ -10,7 +11,6 @@ Training and math code never import this module: they return or yield metrics.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from reftflow.errors import TrackingUnavailable
+from reftflow.io import file_md5
 
 PARENT_ENV = "REFTFLOW_PARENT_RUN_ID"
 EXPERIMENT_ENV = "REFTFLOW_EXPERIMENT"
@@ -61,16 +62,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def file_md5(path: str | Path) -> str:
-    """The same md5 DVC records for a file output in dvc.lock (the plain md5 of its bytes)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _mlflow(project_dir: str | Path = "."):
+def connect(project_dir: str | Path = "."):
+    """The mlflow module, pointed at the project's tracking store (`tracking_uri`)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(project_dir))
@@ -265,7 +258,7 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
     from reftflow import record
 
     project = Path(project_dir).resolve()
-    mlflow = _mlflow(project)
+    mlflow = connect(project)
     exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT), project)
     git = record.git_state(project)
     run_tags = {"reftflow.kind": "pipeline", **source_tags(git, "flows/pipeline.py"),
@@ -295,10 +288,12 @@ def pipeline_run(params: Mapping[str, Any], run_name: str | None = None, tags: M
 
 
 def _record_end(logger: RunLogger, project: Path) -> None:
-    """What a pipeline run leaves: dvc.lock, the data's md5s and the datasets, on its parent run."""
+    """What a pipeline run leaves: dvc.lock, the data's md5s and the datasets, and the precision each
+    stage ran in, on its parent run."""
     from reftflow import paths, record
 
     logger.log_artifact(project / "dvc.lock", RECORD)
+    logger.set_tags({f"reftflow.precision.{stage}": p for stage, p in record.precisions(project).items()})
     md5s = record.lock_md5s(project)
     logger.set_tags({f"reftflow.data.{Path(p).stem}.md5": m for p, m in md5s.items()})
     if md5s:
@@ -327,7 +322,7 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
     if not is_main_process():
         yield NullLogger()  # type: ignore[misc]
         return
-    mlflow = _mlflow()
+    mlflow = connect()
     parent = os.environ.get(PARENT_ENV)
     # `dvc exp run` ran this stage, not the flow: under its experiment's parent (dvc_experiment_parent)
     if not parent and os.environ.get(DVC_EXP_ENV):
@@ -358,7 +353,7 @@ def project_key(project_dir: str | Path = ".") -> str:
 def close_orphaned_runs(project_dir: str | Path = ".") -> list[str]:
     """Mark KILLED the runs of this project still RUNNING although no run of it is active (the caller
     holds the project's run lock): what a SIGKILLed run leaves behind. Returns their ids."""
-    client = RetryingClient(_mlflow(project_dir).get_tracking_uri())
+    client = RetryingClient(connect(project_dir).get_tracking_uri())
     exp = client.get_experiment_by_name(os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT))
     if exp is None:
         return []
@@ -368,43 +363,6 @@ def close_orphaned_runs(project_dir: str | Path = ".") -> list[str]:
         client.set_tag(run.info.run_id, "reftflow.stop_reason", "killed: found RUNNING by the next run")
         client.set_terminated(run.info.run_id, status="KILLED")
     return [r.info.run_id for r in runs]
-
-
-def champion_info(name: str, alias: str = "champion") -> dict[str, Any] | None:
-    """The current champion's version and tags, or None when there is none."""
-    mlflow = _mlflow()
-    try:
-        mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except Exception:  # noqa: BLE001 - no such model or alias: there is no champion yet
-        return None
-    info: dict[str, Any] = {"version": str(mv.version), **mv.tags}
-    if "pass_rate" in info:
-        info["pass_rate"] = float(info["pass_rate"])
-    return info
-
-
-def register_champion(logger: RunLogger, model_dir: str | Path, name: str, prompting: Mapping[str, Any],
-                      alias: str = "champion", tags: Mapping[str, Any] | None = None,
-                      max_new_tokens: int = 48) -> dict[str, Any]:
-    """Log the model as a reftflow pyfunc (`reftflow.serving`: requests are rendered as in training,
-    chat messages included; `prompting`: the `data` keys that render an item) in `logger`'s run, register it
-    and alias it."""
-    import importlib.metadata as md
-
-    import mlflow
-
-    from reftflow.serving import log_pyfunc
-
-    reqs = [f"{p}=={md.version(p)}" for p in ("transformers", "torch", "accelerate", "tokenizers", "pydantic",
-                                                "pyyaml")]
-    with mlflow.start_run(run_id=logger.run_id):
-        info = log_pyfunc(model_dir, prompting, max_new_tokens, reqs)
-    mv = mlflow.register_model(info.model_uri, name)
-    logger.client.set_registered_model_alias(name, alias, mv.version)
-    logger.client.set_model_version_tag(name, mv.version, "validation", "passed")
-    for key, value in (tags or {}).items():
-        logger.client.set_model_version_tag(name, mv.version, key, str(value))
-    return {"model_uri": info.model_uri, "name": name, "version": str(mv.version), "alias": alias}
 
 
 DVC_EXP_ENV = "DVC_EXP_NAME"

@@ -1,4 +1,4 @@
-"""Stage `gate`: apply `gate.*` rules to metrics/eval.json; on pass, register the RL model (models/ppo) as `champion`."""
+"""Stage `gate`: apply `gate.*` rules to metrics/eval.json; on pass, register the RL model (models/rl) as `champion`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from reftflow.stage import main
 def run(params: Params, _args) -> None:
     from reftflow.gate import decide, report_markdown
     from reftflow.io import atomic_write_text, write_json
-    from reftflow.tracking import champion_info, file_md5, register_champion, stage_run
+    from reftflow.io import file_md5
+    from reftflow.registry import champion_info, register_champion
+    from reftflow.tracking import stage_run
 
     cfg = params.gate
     eval_metrics = json.loads(paths.EVAL_METRICS.read_text())
@@ -28,9 +30,9 @@ def run(params: Params, _args) -> None:
         run_log.log_metrics({"gate/passed": float(decision["passed"])})
         run_log.set_tags({"reftflow.gate.decision": decision["decision"]})
         if decision["passed"]:
-            registered = register_champion(run_log, paths.PPO_MODEL, cfg.registered_model_name,
+            registered = register_champion(run_log, paths.RL_MODEL, cfg.registered_model_name,
                                            prompting(params),
-                                           tags={"val_md5": val_md5, "pass_rate": eval_metrics["ppo"]["pass_rate"]},
+                                           tags={"val_md5": val_md5, "pass_rate": eval_metrics["rl"]["pass_rate"]},
                                            max_new_tokens=params.evaluate.max_new_tokens)
         decision["registered"] = registered
         write_json(paths.GATE_METRICS, decision)

@@ -22,11 +22,12 @@ CURVE_FIELDS = ["step", "loss", "learning_rate", "grad_norm", "mean_token_accura
 def run(params: Params, _args) -> None:
     from reftflow.data.records import read_records
     from reftflow.io import write_csv, write_json
-    from reftflow.modeling import set_threads
+    from reftflow import precision
+    from reftflow.modeling import device_and_precision
     from reftflow.sft import train_sft
     from reftflow.tracking import stage_run
 
-    set_threads(params.model.torch_threads)
+    bf16 = device_and_precision(params.model)[1]
     records = read_records(paths.TRAIN) + (read_records(paths.SFT_DATA) if paths.SFT_DATA.exists() else [])
     curve: list[dict[str, float]] = []
     section = {"seed": params.seed, "model": params.model.model_dump(), "sft": params.sft.model_dump()}
@@ -44,11 +45,12 @@ def run(params: Params, _args) -> None:
                 run_log.log_metrics({f"sft/{k}": v for k, v in row.items()}, step=step)
 
         ckpt = checkpoint_dir(params)
+        run_log.set_tags({"reftflow.precision": precision.name(bf16)})
         summary = train_sft(records, params.model, params.sft, paths.SFT_MODEL, params.seed, on_log=on_log,
                             base_dir=paths.BASE_MODEL, checkpoint_dir=ckpt)
         run_log.log_metrics({f"sft/{k}": v for k, v in summary.items()})
         write_csv(paths.SFT_LOSS, curve, CURVE_FIELDS)
-        write_json(paths.SFT_METRICS, summary)
+        write_json(paths.SFT_METRICS, {**summary, "precision": precision.name(bf16)})
         run_log.log_artifact(paths.SFT_LOSS, "plots")
         if curve:
             from reftflow.plots import curves_figure
@@ -57,7 +59,8 @@ def run(params: Params, _args) -> None:
                                "plots/sft_curves.png")
         run_log.log_artifact(paths.SFT_MODEL, "model")
     shutil.rmtree(ckpt, ignore_errors=True)  # logged: a rerun with the same inputs is DVC-cached anyway
-    print(f"sft: {int(summary['train_examples'])} worked examples, {int(summary['global_steps'])} steps, "
+    print(f"sft ({precision.name(bf16)}): {int(summary['train_examples'])} worked examples, "
+          f"{int(summary['global_steps'])} steps, "
           f"final loss {curve[-1]['loss'] if curve else float('nan'):.3f}")
     if summary["too_long"]:
         print(f"sft: warning: {int(summary['too_long'])} examples are longer than model.max_length="
@@ -67,7 +70,7 @@ def run(params: Params, _args) -> None:
 def checkpoint_dir(params: Params) -> Path:
     """Where this run's Trainer checkpoints go, keyed by everything that shapes the training: a rerun
     with other inputs never resumes a stranger's checkpoint (how often one is written is not part of it)."""
-    from reftflow.tracking import file_md5
+    from reftflow.io import file_md5
 
     inputs = [p for p in (paths.TRAIN, paths.SFT_DATA, *sorted(paths.BASE_MODEL.glob("*"))) if p.is_file()]
     key = json.dumps({"seed": params.seed, "model": params.model.model_dump(),

@@ -4,7 +4,7 @@
     CUDA_VISIBLE_DEVICES= accelerate launch --multi_gpu --num_processes 2 -m tests.ppo_smoke --workdir /tmp/run
 
 Writes, under --workdir: `sft/` (with --make-policy), `ppo/` (the final policy), `checkpoints/`
-(removed once the run has saved, as the ppo stage does), `metrics.jsonl` (one line per step, main
+(removed once the run has saved, as the rl stage does), `metrics.jsonl` (one line per step, main
 process), and `rank{r}.json` per process with its share of each step's questions and a hash of the
 final policy + value head parameters.
 """
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from reftflow.config import PPOConfig
 from reftflow.data.synthetic import generate
-from tests.helpers import DIGITS, make_policy
+from tests.helpers import DIGITS, TINY, make_policy, rl_config
 
 
 def parameter_hash(module: torch.nn.Module) -> str:
@@ -49,16 +48,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sleep", type=float, default=0.0, help="pause after each step (lets a test kill mid-run)")
     args = ap.parse_args(argv)
 
-    from reftflow.ppo.trainer import PPOTrainer
+    from reftflow.rl import RLRun
+    from reftflow.rl.ppo.trainer import PPOTrainer
 
     work = Path(args.workdir)
     if args.make_policy:
         make_policy(work / "sft")
-    cfg = PPOConfig(steps=args.steps, questions_per_step=args.questions, samples_per_question=args.k,
-                    minibatch_size=args.minibatch, max_new_tokens=args.max_new_tokens,
-                    checkpoint_every=args.checkpoint_every, lr=args.lr)
-    trainer = PPOTrainer(work / "sft", generate(24, seed=1), cfg, DIGITS, work / "ppo", seed=args.seed,
-                         checkpoint_dir=work / "checkpoints", torch_threads=args.threads)
+    cfg = rl_config("ppo", steps=args.steps, questions_per_step=args.questions, samples_per_question=args.k,
+                    max_new_tokens=args.max_new_tokens, checkpoint_every=args.checkpoint_every,
+                    minibatch_size=args.minibatch, lr=args.lr)
+    model = TINY.model_copy(update={"torch_threads": args.threads})
+    trainer = PPOTrainer(RLRun(work / "sft", generate(24, seed=1), cfg, DIGITS, work / "ppo", args.seed, model,
+                               work / "checkpoints"))
     for metrics in trainer.train():
         with open(work / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")

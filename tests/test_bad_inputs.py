@@ -2,10 +2,10 @@
 
 `reftflow run` refuses a bad params.yaml, grader or model location before Prefect starts; a bad data
 file is refused by the prepare stage, a model config transformers cannot build by the base stage, a
-template naming a field the items lack by the ppo stage (`tests/test_stage_errors.py` shows the flow
+template naming a field the items lack by the rl stage (`tests/test_stage_errors.py` shows the flow
 carrying a stage's refusal to the user unchanged). Every case must: exit 2; end stderr with one
 line naming the file, key or line and what is wrong; print no traceback; train nothing (no models/sft
-or models/ppo); register nothing (no MLflow store was even opened); leave no half-written file.
+or models/rl); register nothing (no MLflow store was even opened); leave no half-written file.
 """
 
 from __future__ import annotations
@@ -57,26 +57,26 @@ def _file_source(name: str, text: str | bytes, fmt: str = "auto") -> dict:
 
 # (id, what the case changes, the entry point, text the last stderr line must contain)
 # entry points: "run" = `reftflow run --project-dir P`; "prepare"/"base" = `python -m tasks.<stage>` in P;
-# "ppo" = the prepare stage, then the ppo stage; "cli" = the `reftflow` arguments in "argv"
+# "rl" = the prepare stage, then the rl stage; "cli" = the `reftflow` arguments in "argv"
 CASES = [
     # params.yaml: syntax, keys, types, ranges, combinations
-    ("yaml-syntax", {"raw": "seed: 0\nppo: {steps: 3\n"}, "run", "params.yaml:3: invalid YAML"),
-    ("not-a-mapping", {"raw": "- seed\n- ppo\n"}, "run", "params.yaml: expected a mapping of sections, got list"),
-    ("unknown-key", {"params": {"ppo.lrr": 0.1}}, "run", "unknown key 'ppo.lrr'"),
+    ("yaml-syntax", {"raw": "seed: 0\nrl: {steps: 3\n"}, "run", "params.yaml:3: invalid YAML"),
+    ("not-a-mapping", {"raw": "- seed\n- rl\n"}, "run", "params.yaml: expected a mapping of sections, got list"),
+    ("unknown-key", {"params": {"rl.ppo.lrr": 0.1}}, "run", "unknown key 'rl.ppo.lrr'"),
     ("unknown-section", {"params": {"trainer": {"steps": 3}}}, "run", "unknown key 'trainer'"),
     ("wrong-type", {"params": {"sft.epochs": "ten"}}, "run", "'sft.epochs': Input should be a valid number"),
-    ("bool-for-int", {"params": {"ppo.steps": True}}, "run", "'ppo.steps'"),
-    ("negative-lr", {"params": {"ppo.lr": -1e-5}}, "run", "'ppo.lr': Input should be greater than 0"),
+    ("bool-for-int", {"params": {"rl.steps": True}}, "run", "'rl.steps'"),
+    ("negative-lr", {"params": {"rl.ppo.lr": -1e-5}}, "run", "'rl.ppo.lr': Input should be greater than 0"),
     ("huge-lr", {"params": {"sft.lr": 5.0}}, "run", "'sft.lr': Input should be less than or equal to 1"),
-    ("raft-lr", {"params": {"ppo.raft.lr": 0.0}}, "run", "'ppo.raft.lr': Input should be greater than 0"),
-    ("zero-steps", {"params": {"ppo.steps": 0}}, "run", "'ppo.steps': Input should be greater than or equal to 1"),
-    ("zero-temperature", {"params": {"ppo.temperature": 0}}, "run", "'ppo.temperature': Input should be greater than 0"),
-    ("huge-temperature", {"params": {"ppo.temperature": 50.0}}, "run", "'ppo.temperature'"),
+    ("raft-lr", {"params": {"rl.raft.lr": 0.0}}, "run", "'rl.raft.lr': Input should be greater than 0"),
+    ("zero-steps", {"params": {"rl.steps": 0}}, "run", "'rl.steps': Input should be greater than or equal to 1"),
+    ("zero-temperature", {"params": {"rl.temperature": 0}}, "run", "'rl.temperature': Input should be greater than 0"),
+    ("huge-temperature", {"params": {"rl.temperature": 50.0}}, "run", "'rl.temperature'"),
     ("zero-new-tokens", {"params": {"evaluate.max_new_tokens": 0}}, "run", "'evaluate.max_new_tokens'"),
     ("tiny-context", {"params": {"model.max_length": 8}}, "run", "'model.max_length'"),
-    ("processes-divide", {"params": {"ppo.algorithm": "ppo", "ppo.questions_per_step": 6, "ppo.num_processes": 4}}, "run",
+    ("processes-divide", {"params": {"rl.algorithm": "ppo", "rl.questions_per_step": 6, "rl.num_processes": 4}}, "run",
      "questions_per_step 6 must be a multiple of num_processes 4"),
-    ("raft-processes", {"params": {"ppo.algorithm": "raft", "ppo.num_processes": 2}}, "run",
+    ("raft-processes", {"params": {"rl.algorithm": "raft", "rl.num_processes": 2}}, "run",
      "algorithm 'raft' runs on one process"),
     ("heads-divide", {"params": {"model.hidden_size": 30, "model.num_heads": 4}}, "run",
      "hidden_size 30 must be a multiple of num_heads 4"),
@@ -85,7 +85,7 @@ CASES = [
     ("genes-from-file", {"params": {"data.task": "genes", "data.source": "file", "data.path": "x.jsonl"}}, "run",
      "task 'genes' is a synthetic task"),
     ("gate-range", {"params": {"gate.min_pass_rate": 1.5}}, "run", "'gate.min_pass_rate'"),
-    ("unknown-algorithm", {"params": {"ppo.algorithm": "dpo"}}, "run", "'ppo.algorithm'"),
+    ("unknown-algorithm", {"params": {"rl.algorithm": "dpo"}}, "run", "'rl.algorithm'"),
     ("key-dvc-reads", {"params": {"data.prompt_template": DELETE}}, "run",
      "key 'data.prompt_template' is missing (dvc.yaml stage 'prepare' reads it"),
     # graders
@@ -101,7 +101,7 @@ CASES = [
                                                          "input": "{{ sample.output_text }}",
                                                          "reference": "{{ item.answer }}"}}}}}, "run", "calculate_output"),
     ("grader-file", {"params": {"grader": "graders/missing.yaml"}}, "run", "graders/missing.yaml"),
-    ("item-field", {"params": {"grader.reference": "{{ item.solution }}"}}, "ppo", "solution"),
+    ("item-field", {"params": {"grader.reference": "{{ item.solution }}"}}, "rl", "solution"),
     # models
     ("model-missing-dir", {"params": {"model.name_or_path": "./models/nope"}}, "run", "'./models/nope': no such directory"),
     ("model-empty-dir", {"dirs": ["base-model"], "params": {"model.name_or_path": "base-model"}}, "run",
@@ -159,7 +159,7 @@ def _run(project: Path, entry: str, case: dict) -> subprocess.CompletedProcess:
     elif entry == "cli":
         cmd = [*cli, *(a.replace("{P}", str(project)) for a in case["argv"])]
     else:
-        if entry == "ppo":
+        if entry == "rl":
             prep = subprocess.run([PY, "-m", "tasks.prepare"], cwd=project, env=env, capture_output=True, text=True)
             assert prep.returncode == 0, prep.stderr[-2000:]
         cmd = [PY, "-m", f"tasks.{entry}"]
@@ -180,8 +180,8 @@ def test_a_bad_input_is_one_line_and_exit_2(template, tmp_path, name, case, entr
     assert errors and expected in errors[-1], errors[-3:]
     assert len([ln for ln in errors if "error" in ln.lower()]) == 1, errors  # one line, not three layers
     # nothing trained, nothing registered, nothing half-written
-    assert not (project / "models" / "sft").exists() and not (project / "models" / "ppo").exists()
-    assert not (project / "mlflow.db").exists() or name == "item-field"  # the ppo case ran prepare first
+    assert not (project / "models" / "sft").exists() and not (project / "models" / "rl").exists()
+    assert not (project / "mlflow.db").exists() or name == "item-field"  # the rl case ran prepare first
     if name == "item-field":
         from mlflow import MlflowClient
 
@@ -193,4 +193,4 @@ def test_a_bad_input_is_one_line_and_exit_2(template, tmp_path, name, case, entr
 
 def test_the_table_covers_what_the_issue_lists():
     entries = {c[2] for c in CASES}
-    assert len(CASES) >= 30 and {"run", "prepare", "base", "ppo", "cli"} <= entries
+    assert len(CASES) >= 30 and {"run", "prepare", "base", "rl", "cli"} <= entries

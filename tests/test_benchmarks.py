@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each runs a benchmark end to end
 
 
 def test_reft_vs_sft_quick_writes_the_documented_keys(tmp_path):
@@ -31,7 +31,7 @@ def test_reft_vs_sft_quick_writes_the_documented_keys(tmp_path):
 
 
 def test_regime_probe_runs_each_mode_and_logs_json(tmp_path):
-    """The dev-split probes behind docs/regime.md: warm -> sft / ppo / raft from it, tiny sizes."""
+    """The dev-split probes behind docs/regime.md: warm -> sft / rl / raft from it, tiny sizes."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("regime_probe", ROOT / "benchmarks" / "regime_probe.py")
@@ -41,16 +41,16 @@ def test_regime_probe_runs_each_mode_and_logs_json(tmp_path):
             "--data", '{"num_train": 48, "num_val": 16, "max_ops": 1, "worked_fraction": 0.5}',
             "--model", '{"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}',
             "--sft", '{"max_steps": 4, "batch_size": 8}',
-            "--ppo", '{"steps": 2, "questions_per_step": 4, "samples_per_question": 2, "minibatch_size": 4, '
-                     '"max_new_tokens": 16}']
+            "--rl", '{"algorithm": "ppo", "steps": 2, "questions_per_step": 4, "samples_per_question": 2, '
+                    '"max_new_tokens": 16, "ppo": {"minibatch_size": 4}}']
     warm = probe.main(["warm", "--name", "w", *tiny])
     assert warm["worked"] == 24 and warm["steps"] == 4 and 0.0 <= warm["greedy"] <= 1.0  # half of 48
     assert probe.main(["sft", "--name", "s", "--warm", "w", *tiny])["steps"] == 4
-    ppo = probe.main(["ppo", "--name", "p", "--warm", "w", *tiny])
+    ppo = probe.main(["rl", "--name", "p", "--warm", "w", *tiny])
     assert ppo["step"] == 2 and ppo["episodes_per_s"] > 0 and (tmp_path / "p" / "config.json").exists()
     raft = probe.main(["raft", "--name", "r", "--warm", "w", *tiny])
     assert 0.0 <= raft["sample_accuracy"] <= raft["pass_at_4"] <= 1.0 and raft["added"] <= 24
     rows = [json.loads(line) for line in (tmp_path / "probe.jsonl").read_text().splitlines()]
-    assert [r["mode"] for r in rows] == ["warm", "sft", "ppo", "ppo", "raft"]  # ppo: evaluated at steps 1 and 2
+    assert [r["mode"] for r in rows] == ["warm", "sft", "rl", "rl", "raft"]  # rl: evaluated at steps 1 and 2
     with pytest.raises(SystemExit):
-        probe.main(["ppo", "--name", "x", *tiny])  # sft/ppo/raft need --warm
+        probe.main(["rl", "--name", "x", *tiny])  # sft/rl/raft need --warm

@@ -3,8 +3,8 @@
 - two projects run at the same time on one tracking server: both complete, and each one's runs and
   registered versions are its own;
 - a second run in a project while one is active is refused with one line; the first is unharmed;
-- the disk fills (RLIMIT_FSIZE) while ppo saves its model: one line, the previous models intact;
-- the tracking server goes down as ppo ends (trained, not yet logged): bounded retries, one line,
+- the disk fills (RLIMIT_FSIZE) while rl saves its model: one line, the previous models intact;
+- the tracking server goes down as rl ends (trained, not yet logged): bounded retries, one line,
   the last checkpoint kept; once the server is back the rerun trains nothing and logs it.
 """
 
@@ -23,24 +23,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import TINY_PARAMS, make_project
+from tests.helpers import TINY_PARAMS, flow_command, free_port, make_project, pipeline_env, set_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """`mlflow server` on 127.0.0.1 with a SQLite store, which can be stopped and started again."""
 
     def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, _free_port(), None
+        self.root, self.port, self.proc = root, free_port(), None
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
@@ -65,26 +59,18 @@ class Server:
 
 
 def _env(root: Path, uri: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
-    return {**env, "PREFECT_HOME": str(root / "prefect-home"), "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    return pipeline_env(root / "prefect-home", uri)
 
 
 def _project(dest: Path, model_name: str) -> Path:
     project = make_project(dest, TINY_PARAMS)
-    _set(project, gate={"registered_model_name": model_name})
+    set_params(project, gate={"registered_model_name": model_name})
     return project
 
 
-def _set(project: Path, **sections) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in sections.items():
-        params[section].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def _flow(project: Path, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--project-dir", str(project)], cwd=project,
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(flow_command(project), cwd=project, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _stage_alive(stage: str, project: Path) -> bool:
@@ -125,7 +111,7 @@ def two_projects(server, tmp_path_factory):
         time.sleep(0.1)
     second = subprocess.run([sys.executable, "-m", "flows.pipeline", "--project-dir", str(a)], cwd=a, env=env,
                             capture_output=True, text=True, timeout=300)
-    second_saw_a_alive = _stage_alive("sft", a) or _stage_alive("ppo", a)
+    second_saw_a_alive = _stage_alive("sft", a) or _stage_alive("rl", a)
     codes = {name: proc.wait(timeout=900) for name, proc in runs.items()}
     logs = {name: (root / f"{name}.log").read_text() for name in runs}
     return {"a": a, "b": b, "codes": codes, "logs": logs, "second": second, "second_overlapped": second_saw_a_alive,
@@ -158,7 +144,7 @@ def test_two_projects_on_one_tracking_server_are_not_mixed_up(two_projects, serv
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the refused run logged nothing
         parent = parents[0].info.run_id
         children = client.search_runs(exps, filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-        assert sorted(c.info.run_name for c in children) == ["evaluate", "gate", "ppo", "prepare", "sft"]
+        assert sorted(c.info.run_name for c in children) == ["evaluate", "gate", "prepare", "rl", "sft"]
         assert {c.data.tags["reftflow.project"] for c in children} == {key}
         champion = client.get_model_version_by_alias(f"policy-{name}", "champion")
         assert champion.version == "1"  # each model has its own versions: one run each
@@ -166,43 +152,43 @@ def test_two_projects_on_one_tracking_server_are_not_mixed_up(two_projects, serv
         assert owner.data.tags["reftflow.project"] == key
         assert owner.data.tags["mlflow.parentRunId"] == parent
         ev = json.loads((project / "metrics/eval.json").read_text())
-        assert client.get_run(parent).data.metrics["ppo/pass_rate"] == pytest.approx(ev["ppo"]["pass_rate"])
+        assert client.get_run(parent).data.metrics["rl/pass_rate"] == pytest.approx(ev["rl"]["pass_rate"])
 
 
 def _md5s(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
 
 
-def test_disk_full_while_ppo_saves_its_model_keeps_the_previous_models(two_projects, server):
+def test_disk_full_while_rl_saves_its_model_keeps_the_previous_models(two_projects, server):
     project = two_projects["b"]
-    before = {d: _md5s(project / "models" / d) for d in ("sft", "ppo")}
-    _set(project, ppo={"lr": 2.0e-5, "checkpoint_every": 0})  # the only big write is models/ppo itself
+    before = {d: _md5s(project / "models" / d) for d in ("sft", "rl")}
+    set_params(project, rl={"steps": 3, "checkpoint_every": 0})  # the only big write is models/rl itself
     limit = (project / "models/sft/model.safetensors").stat().st_size // 2
 
     def small_files_only():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     env = {**two_projects["env"], "PYTHONPATH": str(project)}
-    done = subprocess.run([sys.executable, "-m", "tasks.ppo"], cwd=project, env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "tasks.rl"], cwd=project, env=env, capture_output=True, text=True,
                           timeout=600, preexec_fn=small_files_only)
     assert done.returncode == 74, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     line = _last_line(done.stderr)
-    assert line.startswith("reftflow ppo: error: a write failed on the file size limit or a full disk") \
+    assert line.startswith("reftflow rl: error: a write failed on the file size limit or a full disk") \
         and "previous outputs are intact" in line, line
-    assert {d: _md5s(project / "models" / d) for d in ("sft", "ppo")} == before
+    assert {d: _md5s(project / "models" / d) for d in ("sft", "rl")} == before
     assert not [p for p in (project / "models").iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
-def test_tracking_server_down_as_ppo_ends_then_the_rerun_logs_without_training(two_projects, server):
+def test_tracking_server_down_as_rl_ends_then_the_rerun_logs_without_training(two_projects, server):
     from mlflow.tracking import MlflowClient
 
     project, env = two_projects["a"], two_projects["env"]
-    _set(project, ppo={"lr": 2.0e-5, "steps": 4, "checkpoint_every": 1})
+    set_params(project, rl={"steps": 4, "checkpoint_every": 1})
     log = project.parent / "a-down.log"
     proc = _flow(project, env, log)
     deadline = time.time() + 600
-    while not list(project.glob("checkpoints/ppo/*/step-000004/meta.json")):  # training is over, logging is not
+    while not list(project.glob("checkpoints/rl/*/step-000004/meta.json")):  # training is over, logging is not
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.time() < deadline
         time.sleep(0.05)
@@ -213,7 +199,7 @@ def test_tracking_server_down_as_ppo_ends_then_the_rerun_logs_without_training(t
     line = _last_line(out)
     assert f"MLflow at {server.uri} failed 4 times" in line and "nothing is lost" in line, line
     assert "(exit 69)" in line  # the stage said it was the tracking server, and the flow passed that on
-    kept = list(project.glob("checkpoints/ppo/*/step-*/meta.json"))
+    kept = list(project.glob("checkpoints/rl/*/step-*/meta.json"))
     assert kept, "the trained steps were lost"
 
     server.start()
@@ -221,12 +207,12 @@ def test_tracking_server_down_as_ppo_ends_then_the_rerun_logs_without_training(t
                            env=env, capture_output=True, text=True, timeout=900)
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-3000:]
-    assert "ppo: resuming from step 4 of 4" in out  # nothing trained again: it only logs
+    assert "rl: resuming from step 4 of 4" in out  # nothing trained again: it only logs
     client = MlflowClient(tracking_uri=server.uri)
     exps = [e.experiment_id for e in client.search_experiments()]
     key = f"{socket.gethostname()}:{project.resolve()}"
-    ppo_runs = client.search_runs(exps, filter_string=f"attributes.run_name = 'ppo' and "
+    rl_runs = client.search_runs(exps, filter_string=f"attributes.run_name = 'rl' and "
                                                       f"tags.`reftflow.project` = '{key}'", order_by=["start_time DESC"])
-    history = client.get_metric_history(ppo_runs[0].info.run_id, "train_reward_mean")
+    history = client.get_metric_history(rl_runs[0].info.run_id, "train_reward_mean")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # the resumed run's record is whole
-    assert ppo_runs[0].info.status == "FINISHED"
+    assert rl_runs[0].info.status == "FINISHED"

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_repo_params_yaml_is_valid():
     params = load_params(ROOT / "params.yaml")
-    assert params.ppo.algorithm in ("ppo", "grpo", "raft")
-    assert params.ppo.raft.lr == pytest.approx(3e-5)  # a nested section, typed
+    assert params.rl.algorithm in ("ppo", "grpo", "raft")
+    assert params.rl.raft.lr == pytest.approx(3e-5)  # a nested section, typed
     assert params.sft.lr == pytest.approx(1e-3)  # written `1.0e-3`
     assert params.grader["type"] == "numeric_answer"
 
@@ -22,23 +22,26 @@ def test_repo_params_yaml_is_valid():
 def test_scientific_notation_without_dot_is_a_float(tmp_path):
     # YAML 1.1 reads `1e-4` as a string; our loader reads it as the number users mean.
     p = tmp_path / "params.yaml"
-    p.write_text("ppo:\n  lr: 1e-4\n")
-    assert load_params(p).ppo.lr == pytest.approx(1e-4)
+    p.write_text("rl:\n  ppo:\n    lr: 1e-4\n")
+    assert load_params(p).rl.ppo.lr == pytest.approx(1e-4)
 
 
 @pytest.mark.parametrize(
     "yaml_text, expected",
     [
-        ("ppo:\n  lrr: 0.1\n", "unknown key 'ppo.lrr'"),  # typo in a key
+        ("rl:\n  ppo:\n    lrr: 0.1\n", "unknown key 'rl.ppo.lrr'"),  # typo in a key
         ("sft:\n  epochs: ten\n", "'sft.epochs': Input should be a valid number (got 'ten')"),  # string for a number
-        ("ppo:\n  steps: 2.5\n", "'ppo.steps': Input should be a valid integer"),  # float for an int
+        ("rl:\n  steps: 2.5\n", "'rl.steps': Input should be a valid integer"),  # float for an int
         ("modle:\n  hidden_size: 8\n", "unknown key 'modle'"),  # typo in a section
-        ("ppo:\n  algorithm: trpo\n", "'ppo.algorithm': Input should be 'ppo', 'grpo' or 'raft'"),  # not a choice
-        ("ppo:\n  algorithm: raft\n  num_processes: 2\n", "algorithm 'raft' runs on one process"),  # cannot work
-        ("ppo:\n  raft:\n    lr: 0\n", "'ppo.raft.lr': Input should be greater than 0"),  # nested range
+        ("rl:\n  algorithm: trpo\n", "'rl.algorithm': Input should be 'ppo', 'grpo' or 'raft'"),  # not a choice
+        ("rl:\n  algorithm: raft\n  num_processes: 2\n", "algorithm 'raft' runs on one process"),  # cannot work
+        ("rl:\n  raft:\n    lr: 0\n", "'rl.raft.lr': Input should be greater than 0"),  # nested range
+        ("rl:\n  ppo:\n    ppo_epochs: 2\n", "unknown key 'rl.ppo.ppo_epochs'"),  # an old name
+        ("model:\n  bf16: maybe\n", "'model.bf16'"),  # auto, true or false
         ("data:\n  min_ops: 3\n  max_ops: 1\n", "'data': min_ops must be <= max_ops"),  # cross-field rule
-        ("ppo: [1, 2]\n", "'ppo': Input should be a valid dictionary"),  # wrong shape
-        ("ppo:\n  lr: -1\n", "'ppo.lr': Input should be greater than 0"),  # out of range
+        ("rl: [1, 2]\n", "'rl': Input should be a valid dictionary"),  # wrong shape
+        ("rl:\n  grpo:\n    lr: -1\n", "'rl.grpo.lr': Input should be greater than 0"),  # out of range
+        ("ppo:\n  lr: 1.0e-5\n", "section 'ppo' is now 'rl'"),  # a params.yaml from before the rename
     ],
 )
 def test_bad_params_give_one_line_naming_file_and_key(tmp_path, yaml_text, expected):
@@ -54,7 +57,7 @@ def test_bad_params_give_one_line_naming_file_and_key(tmp_path, yaml_text, expec
 
 def test_yaml_syntax_error_names_the_line(tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text("seed: 0\nppo:\n  lr: [1\n")
+    p.write_text("seed: 0\nrl:\n  steps: [1\n")
     with pytest.raises(ConfigError, match=r"params.yaml:\d+: invalid YAML"):
         load_params(p)
 
@@ -67,7 +70,7 @@ def test_top_level_must_be_a_mapping():
 def test_config_is_frozen():
     params = parse_params({})
     with pytest.raises(Exception):
-        params.ppo.lr = 1.0  # type: ignore[misc]
+        params.rl.ppo.lr = 1.0  # type: ignore[misc]
 
 
 def test_stage_entry_point_exits_nonzero_with_one_line(tmp_path):
@@ -78,3 +81,36 @@ def test_stage_entry_point_exits_nonzero_with_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines == ["reftflow prepare: error: params.yaml: 'sft.epochs': Input should be a valid number (got 'ten')"]
     assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_params_yaml_and_the_typed_defaults_agree_on_every_key():
+    """One source of defaults: the shipped params.yaml writes out exactly what reftflow/config.py defaults to
+    (and the arithmetic example is the same file), so no key means one thing here and another there."""
+    import yaml
+
+    shipped = load_params(ROOT / "params.yaml").model_dump()
+    assert shipped == parse_params({}).model_dump()
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == yaml.safe_load(
+        (ROOT / "reftflow/examples/arithmetic/params.yaml").read_text())
+
+
+def test_the_prompt_template_default_is_written_once():
+    """In the code, the default prompt template is one constant: config's default, prompting's fallback and
+    `reftflow data check --prompt-template`'s default are the same object."""
+    from reftflow import config, prompting
+    from reftflow.data import check
+
+    assert config.DataConfig().prompt_template is config.DEFAULT_PROMPT_TEMPLATE
+    assert prompting.DEFAULT_PROMPT_TEMPLATE is config.DEFAULT_PROMPT_TEMPLATE
+    assert check.DEFAULT_PROMPT_TEMPLATE is config.DEFAULT_PROMPT_TEMPLATE
+    sources = [p for p in (ROOT / "reftflow").rglob("*.py") if "Q: {{ item.question }}" in p.read_text()]
+    assert sources == [ROOT / "reftflow/config.py"]
+
+
+def test_a_change_to_rl_updates_the_key_where_it_lives():
+    from reftflow.config import RLConfig
+
+    cfg = RLConfig().updated(algorithm="ppo", steps=3, lr=1e-3, epochs=1)
+    assert (cfg.algorithm, cfg.steps, cfg.ppo.lr, cfg.ppo.epochs, cfg.raft.lr) == ("ppo", 3, 1e-3, 1, RLConfig().raft.lr)
+    with pytest.raises(ConfigError, match="unknown key 'raft.lrr'"):
+        RLConfig().updated(lrr=1.0)

@@ -36,10 +36,17 @@ def test_the_repo_dvc_yaml_is_the_rendered_one():
 
 
 def test_the_derivation_sees_function_level_imports_and_registries():
-    """The analysis itself: ppo reaches the trainers only through the registry's strings and lazy imports."""
-    files = {str(f) for f in stage_files("ppo", ROOT)}
-    assert {"reftflow/ppo/trainer.py", "reftflow/grpo.py", "reftflow/raft.py", "reftflow/generation.py"} <= files
-    assert "reftflow/gate.py" not in files
+    """The analysis itself: rl reaches the trainers only through the registry's strings and lazy imports."""
+    files = {str(f) for f in stage_files("rl", ROOT)}
+    assert {"reftflow/rl/ppo/trainer.py", "reftflow/rl/grpo.py", "reftflow/rl/raft.py", "reftflow/generation.py"} <= files
+    assert "reftflow/gate.py" not in files and "reftflow/registry.py" not in files
+
+
+@pytest.mark.parametrize("stage", ["prepare", "sft"])
+def test_prepare_and_sft_do_not_depend_on_rl_math_or_the_registry(stage):
+    files = {str(f) for f in stage_files(stage, ROOT)}
+    assert not [f for f in files if f.startswith("reftflow/rl/")], files
+    assert "reftflow/registry.py" not in files and "reftflow/serving.py" not in files
 
 
 def test_editing_a_module_changes_exactly_the_digests_of_the_stages_that_import_it(tmp_path):
@@ -48,10 +55,10 @@ def test_editing_a_module_changes_exactly_the_digests_of_the_stages_that_import_
     for pkg in ("reftflow", "tasks"):
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     before = {s: stage_digest(s, tmp_path) for s in STAGES}
-    with open(tmp_path / "reftflow" / "raft.py", "a") as f:
+    with open(tmp_path / "reftflow" / "rl" / "raft.py", "a") as f:
         f.write("\n# an edit\n")
     after = {s: stage_digest(s, tmp_path) for s in STAGES}
-    assert [s for s in STAGES if before[s] != after[s]] == ["ppo"]
+    assert [s for s in STAGES if before[s] != after[s]] == ["rl"]
     with open(tmp_path / "reftflow" / "config.py", "a") as f:
         f.write("\n# an edit\n")
     assert all(stage_digest(s, tmp_path) != after[s] for s in STAGES)  # every stage reads its config

@@ -20,13 +20,15 @@ import pytest
 import yaml
 
 from reftflow.codedeps import stage_files
+from reftflow.config import load_params
 from reftflow.project import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = load_params(ROOT / "params.yaml").rl.algorithm
 pytestmark = pytest.mark.slow  # about 30 `dvc` commands: ~50 s here
 
 STAND_IN = '''\
-import hashlib, json, sys
+import hashlib, json, re, sys
 from pathlib import Path
 import yaml
 
@@ -39,11 +41,14 @@ for dep in spec["deps"]:
     for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
         if f.is_file() and "__pycache__" not in f.parts:
             h.update(f.read_bytes())
-for key in spec["params"]:
+def lookup(key):
     node = params
     for part in key.split("."):
         node = node[part]
-    h.update(json.dumps([key, node]).encode())
+    return node
+for key in spec["params"]:  # DVC's templating: rl.${rl.algorithm} is the chosen algorithm's section
+    key = re.sub(r"\$\{([\w.]+)\}", lambda m: str(lookup(m.group(1))), key)
+    h.update(json.dumps([key, lookup(key)]).encode())
 for kind in ("outs", "metrics", "plots"):
     for out in spec.get(kind, []):
         path = Path(out if isinstance(out, str) else next(iter(out)))
@@ -123,13 +128,17 @@ def project(tmp_path_factory) -> Project:
     ("gate.min_pass_rate", 0.5, {"gate"}),
     ("evaluate.batch_size", 7, {"evaluate"}),          # gate reads evaluate.max_new_tokens, not this
     ("evaluate.max_new_tokens", 9, {"evaluate", "gate"}),
-    ("model.hidden_size", 64, {"sft"}),                 # ppo loads models/sft: its shape is sft's business
+    ("model.hidden_size", 64, {"sft"}),                 # rl loads models/sft: its shape is sft's business
     ("model.name_or_path", "some/model", {"base", "sft"}),
-    ("model.torch_threads", 1, {"sft", "ppo", "evaluate"}),
-    ("ppo.raft.lr", 1.0e-4, {"ppo"}),
+    ("model.torch_threads", 1, {"sft", "rl", "evaluate"}),
+    ("model.bf16", False, {"sft", "rl", "evaluate"}),
+    ("rl.steps", 7, {"rl"}),                            # a key every algorithm reads
+    ("rl.raft.lr", 1.0e-4, {"rl"} if SHIPPED == "raft" else set()),  # the chosen algorithm's own: rl; another's: none
+    ("rl.ppo.lr", 1.0e-4, {"rl"} if SHIPPED == "ppo" else set()),
+    ("rl.grpo.beta", 0.1, {"rl"} if SHIPPED == "grpo" else set()),
     ("data.chat", True, {"prepare", "gate"}),
     ("data.num_train", 10, {"prepare"}),
-    ("seed", 3, {"prepare", "sft", "ppo"}),
+    ("seed", 3, {"prepare", "sft", "rl", "evaluate"}),  # evaluate: the seed of its sampled answers
 ])
 def test_a_params_key_makes_stale_the_stages_that_read_it_then_their_downstream(project, key, value, reads):
     project.set_param(key, value)
@@ -141,14 +150,14 @@ def test_a_params_key_makes_stale_the_stages_that_read_it_then_their_downstream(
 def test_a_key_no_stage_reads_reruns_nothing(project):
     """(`ppo.log_every` was one: nothing read it, it is gone; the typed config now refuses it.)"""
     params = yaml.safe_load((project.path / "params.yaml").read_text())
-    assert "log_every" not in params["ppo"]
+    assert "log_every" not in params["rl"]
     params["notes"] = "a key no stage lists"
     (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert project.stale() == set()
     assert project.repro() == set()
 
 
-@pytest.mark.parametrize("module", ["reftflow/gate.py", "reftflow/evaluation.py", "reftflow/raft.py",
+@pytest.mark.parametrize("module", ["reftflow/gate.py", "reftflow/evaluation.py", "reftflow/rl/raft.py",
                                     "reftflow/sft.py", "reftflow/data/synthetic.py", "reftflow/tracking.py",
                                     "reftflow/base_model.py"])
 def test_editing_a_module_makes_stale_the_stages_that_import_it_then_their_downstream(project, module):
@@ -160,6 +169,22 @@ def test_editing_a_module_makes_stale_the_stages_that_import_it_then_their_downs
     assert project.repro() == downstream(importers)
 
 
+def test_switching_the_algorithm_reruns_rl_and_then_tracks_the_new_algorithm_s_keys(project):
+    """`rl.${rl.algorithm}` in dvc.yaml: DVC resolves it from params.yaml, so after a switch the new
+    algorithm's section is what rl depends on."""
+    other = next(a for a in ("ppo", "raft", "grpo") if a != SHIPPED)
+    project.set_param("rl.algorithm", other)
+    assert project.stale() == {"rl"}
+    project.repro()
+    project.set_param(f"rl.{other}.lr", 2.0e-5)
+    assert project.stale() == {"rl"}
+    project.repro()
+    project.set_param(f"rl.{SHIPPED}.lr", 2.0e-5)  # the previous algorithm's keys no longer matter
+    assert project.stale() == set()
+    project.set_param("rl.algorithm", SHIPPED)
+    project.repro()
+
+
 def test_gate_depends_on_the_model_it_registers_and_the_code_that_registers_it():
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["gate"]["deps"]
-    assert "models/ppo" in deps and "reftflow/tracking.py" in deps
+    assert "models/rl" in deps and "reftflow/registry.py" in deps

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reftflow.config import load_params
 from reftflow.project import REMOTE_DIR, REMOTE_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -84,7 +85,7 @@ def test_a_gate_pass_pushes_and_dvc_pull_restores_the_champion(finished_project)
     assert any((project / REMOTE_DIR).rglob("*.dir")), "nothing was pushed"
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    ppo_md5 = next(o["md5"] for o in lock["ppo"]["outs"] if o["path"] == "models/ppo")
+    rl_md5 = next(o["md5"] for o in lock["rl"]["outs"] if o["path"] == "models/rl")
     train_md5 = next(o["md5"] for o in lock["prepare"]["outs"] if o["path"].endswith("train.jsonl"))
 
     # the champion's workspace copy and the whole cache are gone: only the remote holds them now
@@ -93,9 +94,9 @@ def test_a_gate_pass_pushes_and_dvc_pull_restores_the_champion(finished_project)
     pull = _dvc(project, "pull")
     assert pull.returncode == 0, pull.stdout + pull.stderr
 
-    listing = _dir_listing(project, ppo_md5)
-    restored = {str(f.relative_to(project / "models/ppo")): _md5(f)
-                for f in (project / "models/ppo").rglob("*") if f.is_file()}
+    listing = _dir_listing(project, rl_md5)
+    restored = {str(f.relative_to(project / "models/rl")): _md5(f)
+                for f in (project / "models/rl").rglob("*") if f.is_file()}
     assert restored == listing and "model.safetensors" in restored
     assert _md5(project / "data/prepared/train.jsonl") == train_md5
     status = _dvc(project, "status")
@@ -117,7 +118,8 @@ def test_dvc_exp_run_lands_in_mlflow_as_a_parent_with_its_stages(finished_projec
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     env["PYTHONPATH"] = str(project)
 
-    exp = _dvc(project, "exp", "run", "-S", "ppo.lr=0.00123", "-n", "lr-probe", env=env)
+    algorithm = load_params(project / "params.yaml").rl.algorithm
+    exp = _dvc(project, "exp", "run", "-S", f"rl.{algorithm}.lr=0.00123", "-n", "lr-probe", env=env)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
     assert "lr-probe" in _dvc(project, "exp", "list", "--name-only", env=env).stdout
 
@@ -127,10 +129,10 @@ def test_dvc_exp_run_lands_in_mlflow_as_a_parent_with_its_stages(finished_projec
     assert len(parents) == 1, [r.info.run_name for r in runs]
     parent = parents[0]
     assert parent.data.tags["reftflow.dvc_exp"] == "lr-probe" and parent.info.status == "FINISHED"
-    assert parent.data.params["ppo.lr"] == "0.00123"
+    assert parent.data.params[f"rl.{algorithm}.lr"] == "0.00123"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    # only what the new lr made stale ran: ppo always, evaluate and gate when the weights changed
-    assert "ppo" in children and set(children) <= {"ppo", "evaluate", "gate"}, sorted(children)
+    # only what the new lr made stale ran: rl always, evaluate and gate when the weights changed
+    assert "rl" in children and set(children) <= {"rl", "evaluate", "gate"}, sorted(children)
     assert len(runs) == 1 + len(children)  # no lone top-level stage runs
-    assert children["ppo"].data.params["ppo.lr"] == "0.00123"
+    assert children["rl"].data.params[f"rl.{algorithm}.lr"] == "0.00123"
     assert all(c.info.status == "FINISHED" for c in children.values())

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY_PARAMS, make_project
+from tests.helpers import TINY_PARAMS, make_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -50,8 +50,8 @@ def test_half_failing_grader_trains_logs_its_errors_and_the_gate_refuses(tmp_pat
     assert gate["registered"] is None
 
     client = MlflowClient(tracking_uri=uri)
-    ppo = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                             filter_string="attributes.run_name LIKE 'ppo%'")[0]
-    history = client.get_metric_history(ppo.info.run_id, "rl/grader_error_rate")
+    rl = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                            filter_string="attributes.run_name LIKE 'rl%'")[0]
+    history = client.get_metric_history(rl.info.run_id, "rl/grader_error_rate")
     assert len(history) == 2 and all(m.value > 0 for m in history)  # logged every RL step
     assert not client.search_registered_models()

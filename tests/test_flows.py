@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("  lr: 3.0e-5", "  lrr: 3.0e-5", "params.yaml: unknown key 'ppo.lrr'"),
+        ("  lr: 3.0e-5", "  lrr: 3.0e-5", "params.yaml: unknown key 'rl.ppo.lrr'"),
+        ("\nrl:\n", "\nppo:\n", "params.yaml: section 'ppo' is now 'rl': the keys every algorithm reads stay under rl:, "
+                                "and each algorithm's own go under rl.ppo, rl.raft or rl.grpo (ppo.lr is rl.ppo.lr, "
+                                "ppo.ppo_epochs is rl.ppo.epochs; the shipped params.yaml has them all)"),
         ("  epochs: 100", "  epochs: ten", "params.yaml: 'sft.epochs': Input should be a valid number (got 'ten')"),
     ],
 )
@@ -36,7 +39,7 @@ def test_typo_in_params_gives_one_line_and_exit_2(tmp_path, old, new, message):
 def test_missing_section_is_named_before_dvc_would_fail(tmp_path):
     from reftflow.config import ConfigError
 
-    from flows.pipeline import check_project
+    from reftflow.project import check_project
 
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "params.yaml").write_text("seed: 0\n")
@@ -47,7 +50,7 @@ def test_missing_section_is_named_before_dvc_would_fail(tmp_path):
 def test_bad_grader_is_refused_before_any_stage(tmp_path):
     from reftflow.graders import GraderConfigError
 
-    from flows.pipeline import check_project
+    from reftflow.project import check_project
 
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     text = (ROOT / "params.yaml").read_text().replace("  type: numeric_answer", "  type: numeric_answr")
@@ -56,6 +59,7 @@ def test_bad_grader_is_refused_before_any_stage(tmp_path):
         check_project(tmp_path)
 
 
+@pytest.mark.slow  # Prefect's temporary server starts for it: ~20 s
 def test_cron_deployment_is_registered(prefect_server, tmp_path):
     from prefect import get_client
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from reftflow.ppo.core import compute_gae
+from reftflow.rl.ppo.core import compute_gae
 
 
 def reference_gae(rewards, values, mask, gamma, lam):

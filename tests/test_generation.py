@@ -8,7 +8,7 @@ from reftflow.data.synthetic import generate
 from reftflow.modeling import init_model
 from reftflow import generation as rollout
 from reftflow.forward import response_logprobs
-from reftflow.ppo.value_head import PolicyWithValue
+from reftflow.rl.ppo.value_head import PolicyWithValue
 from reftflow.prompting import render_prompt
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)

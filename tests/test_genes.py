@@ -79,7 +79,7 @@ def test_example_splits_prompts_and_lengths(params, splits):
         completion = r.completion or genes.worked_completion([r.item["gene"]] * 3)
         longest = max(longest, len(tok(prompt + completion)["input_ids"]) + 1)  # + EOS
     assert longest <= params.model.max_length
-    assert params.ppo.max_new_tokens >= max(len(r.completion) for r in train if r.completion) + 1
+    assert params.rl.max_new_tokens >= max(len(r.completion) for r in train if r.completion) + 1
 
 
 def test_reference_scores_full_marks_and_distractor_first_0_7(params, splits):

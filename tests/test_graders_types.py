@@ -172,6 +172,10 @@ GENES = {"type": "ranked_list", "name": "rank", "reference": "{{ item.gene }}", 
         ("1) TP53\n\n2) BRCA1.", {}, 0.7),  # `1)` markers, blank lines, trailing period
         ("1. BRCA1-AS1\n2. BRCA1", {}, 0.7),  # a longer symbol containing the reference is not a match
         ("1. TP53\n2. BRCA1\n3. BRCA1", {"decay": 0.5, "scores": None}, 0.5),  # decay: 0.5 ** (2 - 1), first hit
+        ("BRCA1, BRCA1, BRCA1", {"separator": ","}, 1.0),  # repeats: full marks unless distinct
+        ("BRCA1, BRCA1, BRCA1", {"separator": ",", "distinct": True}, 0.0),  # distinct: no ranking, no credit
+        ("TP53, BRCA1, PTEN", {"separator": ",", "distinct": True}, 0.7),  # distinct entries: as before
+        ("brca1, BRCA1", {"separator": ",", "distinct": True, "match": "case_insensitive"}, 0.0),  # compared as matched
     ],
 )
 def test_ranked_list(output, spec_extra, expected):

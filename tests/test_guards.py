@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from reftflow.config import PPOConfig
 from reftflow.data.synthetic import generate
-from reftflow.ppo import trainer as trainer_mod
-from reftflow.ppo.trainer import PPOTrainer, TrainingDiverged
-from tests.helpers import DIGITS, FunctionGrader, make_policy
+from reftflow.rl import RLRun
+from reftflow.rl.ppo import trainer as trainer_mod
+from reftflow.rl.ppo.trainer import PPOTrainer, TrainingDiverged
+from tests.helpers import DIGITS, TINY, FunctionGrader, make_policy, rl_config
 
-CFG = PPOConfig(steps=3, questions_per_step=2, samples_per_question=2, minibatch_size=4, max_new_tokens=8,
-                checkpoint_every=1)
+CFG = rl_config("ppo", steps=3, questions_per_step=2, samples_per_question=2, max_new_tokens=8, checkpoint_every=1,
+                minibatch_size=4)
 
 
 @pytest.fixture()
@@ -25,8 +25,8 @@ def test_nan_reward_raises_and_saves_nothing(sft, tmp_path):
     def nan_grader(texts, items):
         return [math.nan] + [0.5] * (len(texts) - 1)
 
-    trainer = PPOTrainer(sft, generate(8, seed=0), CFG, FunctionGrader(nan_grader), tmp_path / "ppo", seed=0,
-                         checkpoint_dir=tmp_path / "ck")
+    trainer = PPOTrainer(RLRun(sft, generate(8, seed=0), CFG, FunctionGrader(nan_grader), tmp_path / "ppo", 0, TINY,
+                               tmp_path / "ck"))
     with pytest.raises(TrainingDiverged, match=r"step 1: non-finite reward") as err:
         list(trainer.train())
     assert isinstance(err.value, ValueError) and "\n" not in str(err.value)
@@ -43,7 +43,7 @@ def test_inf_loss_at_a_later_step_raises_and_saves_nothing(sft, tmp_path, monkey
         return (loss + math.inf if calls["n"] > 2 else loss), stats  # step 2's first update
 
     monkeypatch.setattr(trainer_mod, "policy_loss", loss_that_blows_up)
-    trainer = PPOTrainer(sft, generate(8, seed=0), CFG, DIGITS, tmp_path / "ppo", seed=0, checkpoint_dir=tmp_path / "ck")
+    trainer = PPOTrainer(RLRun(sft, generate(8, seed=0), CFG, DIGITS, tmp_path / "ppo", 0, TINY, tmp_path / "ck"))
     seen = []
     with pytest.raises(TrainingDiverged, match=r"step 2: non-finite (loss|gradient norm)"):
         for m in trainer.train():

@@ -1,5 +1,5 @@
 """SIGKILL the whole flow (the Prefect process, its temporary server, DVC and the stage) during each
-stage, then run it again as `make run` would: it completes, sft and ppo resume from their checkpoints
+stage, then run it again as `make run` would: it completes, sft and rl resume from their checkpoints
 rather than starting over, `metrics/eval.json` equals an uninterrupted run's, no process of the
 killed run survives, and no lock blocks the rerun.
 
@@ -15,46 +15,40 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS, make_project
+from tests.helpers import TINY_PARAMS, flow_command, make_project, pipeline_env, run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-STAGES = ["prepare", "base", "sft", "ppo", "evaluate", "gate"]
+STAGES = ["prepare", "base", "sft", "rl", "evaluate", "gate"]
 OUTS = {"prepare": ["data/prepared", "metrics/prepare.json"], "base": ["models/base"],
         "sft": ["models/sft", "metrics/sft.json", "plots/sft_loss.csv"],
-        "ppo": ["models/ppo", "metrics/ppo.json", "plots/ppo_curve.csv"],
+        "rl": ["models/rl", "metrics/rl.json", "plots/rl_curve.csv"],
         "evaluate": ["data/predictions", "metrics/eval.json"], "gate": ["metrics/gate.md", "metrics/gate.json"]}
-SFT_STEPS, PPO_STEPS = 8, 4
+SFT_STEPS, RL_STEPS = 8, 4
 
 
 def _env(prefect_home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
-    return {**env, "PREFECT_HOME": str(prefect_home), "PYTHONUNBUFFERED": "1"}
-
-
-def _pipeline(project: Path) -> list[str]:
-    return [sys.executable, "-m", "flows.pipeline", "--project-dir", str(project)]
+    return pipeline_env(prefect_home)
 
 
 def _run(project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(_pipeline(project), cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    return run_pipeline(project, env)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A project run once, uninterrupted, with enough sft and ppo steps to be killed between checkpoints."""
+    """A project run once, uninterrupted, with enough sft and rl steps to be killed between checkpoints."""
     root = tmp_path_factory.mktemp("kill")
     project = make_project(root / "reference", TINY_PARAMS)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["sft"].update(max_steps=SFT_STEPS, checkpoint_every=2)
-    params["ppo"].update(steps=PPO_STEPS, checkpoint_every=1)
+    params["rl"].update(steps=RL_STEPS, checkpoint_every=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = _env(root / "prefect-home")
     done = _run(project, env)
@@ -121,19 +115,19 @@ def _triggers(project: Path):
     return {
         "prepare": lambda: alive_for("prepare", 0.5),
         "sft": lambda: _complete("checkpoints/sft/*/checkpoint-*/reftflow-complete", project, SFT_STEPS),
-        "ppo": lambda: _complete("checkpoints/ppo/*/step-*/meta.json", project, PPO_STEPS),
+        "rl": lambda: _complete("checkpoints/rl/*/step-*/meta.json", project, RL_STEPS),
         "evaluate": lambda: alive_for("evaluate", 2.0),
         "gate": lambda: alive_for("gate", 0.5),
     }
 
 
-@pytest.mark.parametrize("stage", ["prepare", "sft", "ppo", "evaluate", "gate"])
+@pytest.mark.parametrize("stage", ["prepare", "sft", "rl", "evaluate", "gate"])
 def test_kill_the_whole_flow_then_run_again(finished, tmp_path, stage):
     reference, env, reference_eval = finished
     project = _stale_copy(reference, tmp_path / "proj", stage)
 
     log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen(_pipeline(project), cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(flow_command(project), cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     trigger, deadline = _triggers(project)[stage], time.time() + 600
     while not trigger():
@@ -155,13 +149,13 @@ def test_kill_the_whole_flow_then_run_again(finished, tmp_path, stage):
     assert json.loads((project / "metrics/eval.json").read_text()) == reference_eval
     if stage == "sft":
         assert "sft: resuming from" in out, out[-3000:]
-    if stage == "ppo":
-        assert "ppo: resuming from step" in out, out[-3000:]
+    if stage == "rl":
+        assert "rl: resuming from step" in out, out[-3000:]
     assert not [p for p in project.glob("models/.*") if ".tmp-" in p.name or ".old-" in p.name], \
         "a temp or set-aside model dir was left behind"
     assert not list((project / "checkpoints").glob("*/*")), "checkpoints of a finished run were left behind"
-    curve = (project / "plots/ppo_curve.csv").read_text().splitlines()
-    assert len(curve) == 1 + PPO_STEPS  # a resumed ppo's curve still starts at step 1
+    curve = (project / "plots/rl_curve.csv").read_text().splitlines()
+    assert len(curve) == 1 + RL_STEPS  # a resumed rl stage's curve still starts at step 1
 
     # the killed run's MLflow runs were closed as KILLED, not left RUNNING forever
     from mlflow.tracking import MlflowClient

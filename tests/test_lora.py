@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from reftflow.config import LoRAConfig, ModelConfig, PPOConfig
+from reftflow.config import LoRAConfig
 from reftflow.data.synthetic import generate
 from reftflow.forward import response_logprobs
 from reftflow.lora import adapters_disabled, add_adapters, inner, merged, trainable_parameters
 from reftflow.modeling import load_model
-from reftflow.rl import build_algorithm
-from tests.helpers import FunctionGrader, make_policy
+from reftflow.rl import RLRun, build_algorithm
+from tests.helpers import TINY, FunctionGrader, make_policy, rl_config
 
 LORA = LoRAConfig(r=4, alpha=8)
 HAS_DIGIT = FunctionGrader(lambda texts, items: [float(any(c.isdigit() for c in t)) for t in texts], "has_digit")
@@ -71,13 +71,12 @@ def test_the_merged_model_computes_what_the_adapted_one_does(tmp_path):
 def test_ppo_with_lora_resumes_from_an_adapter_checkpoint_as_if_never_stopped(tmp_path):
     torch.set_num_threads(1)
     policy = make_policy(tmp_path / "sft")
-    cfg = PPOConfig(steps=3, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=8,
-                    lr=1e-2, checkpoint_every=1)
-    records, model_cfg = generate(16, seed=1), ModelConfig(lora=LORA)
+    cfg = rl_config("ppo", steps=3, questions_per_step=4, samples_per_question=2, max_new_tokens=8, checkpoint_every=1,
+                    minibatch_size=4, lr=1e-2)
+    records, model_cfg = generate(16, seed=1), TINY.model_copy(update={"lora": LORA, "torch_threads": 1})
 
     def run(out, ckpt, stop_after=None):
-        algo = build_algorithm("ppo", policy, records, cfg, HAS_DIGIT, out, seed=0, checkpoint_dir=ckpt,
-                               torch_threads=1, model_cfg=model_cfg)
+        algo = build_algorithm(RLRun(policy, records, cfg, HAS_DIGIT, out, 0, model_cfg, ckpt))
         history = []
         for m in algo.train():
             history.append(m)

@@ -7,20 +7,14 @@ accelerate 1.15's `launch --cpu --num_processes 2` starts a single process unles
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import make_policy
+from tests.helpers import free_port, make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_share_questions_and_end_identical(tmp_path):
@@ -28,7 +22,7 @@ def test_two_processes_share_questions_and_end_identical(tmp_path):
     steps, questions, k = 3, 4, 2
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "tests.ppo_smoke",
+           "--main_process_port", str(free_port()), "-m", "tests.ppo_smoke",
            "--workdir", str(tmp_path), "--steps", str(steps), "--questions", str(questions), "--k", str(k),
            "--checkpoint-every", "2", "--threads", "1"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # CPU/gloo even on a GPU machine

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS, make_project
+from tests.helpers import TINY_PARAMS, free_port, make_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -120,13 +119,13 @@ def test_rerun_rebuilds_the_run_and_reproduces_its_evaluation(recorded):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "metrics/eval.json is identical to the original run's" in proc.stdout
     # recomputed, not restored (base writes only models/base, which the pull restored: DVC skips it)
-    assert "stages run: prepare, sft, ppo, evaluate, gate; up to date: base" in proc.stdout + proc.stderr
+    assert "stages run: prepare, sft, rl, evaluate, gate; up to date: base" in proc.stdout + proc.stderr
     # the state it was rebuilt from: the commit, the diff (an edit and an untracked file), params and lock
     assert (dest / "reftflow" / "gate.py").read_text().endswith(EDIT)
     assert (dest / "notes.txt").exists()
     assert (dest / "params.yaml").read_text() == (project / "params.yaml").read_text()
     for rel in ("metrics/eval.json", "data/predictions/val.jsonl", "data/prepared/train.jsonl",
-                "models/sft/model.safetensors", "models/ppo/model.safetensors"):
+                "models/sft/model.safetensors", "models/rl/model.safetensors"):
         assert (dest / rel).read_bytes() == (project / rel).read_bytes(), rel
     assert not (dest / "mlflow.db").samefile(project.parent / "mlflow.db")
 
@@ -137,7 +136,7 @@ def test_rerun_without_running_restores_the_data_from_the_original_cache(recorde
     proc = _cli("rerun", run_id, "--dir", str(dest), "--project-dir", str(project), "--no-run",
                 env=_env(uri, tmp), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for rel in ("data/prepared/val.jsonl", "models/ppo/model.safetensors"):
+    for rel in ("data/prepared/val.jsonl", "models/rl/model.safetensors"):
         assert (dest / rel).read_bytes() == (project / rel).read_bytes(), rel
     assert not (dest / "metrics/eval.json").exists()  # not cached by DVC: the pipeline recomputes it
 
@@ -155,7 +154,7 @@ def _first_val_question(project: Path) -> tuple[str, str]:
     """The first held-out question and the RL model's answer to it in the evaluation."""
     item = json.loads((project / "data/prepared/val.jsonl").read_text().splitlines()[0])
     rows = [json.loads(line) for line in (project / "data/predictions/val.jsonl").read_text().splitlines()]
-    answer = next(r["output"] for r in rows if r["model"] == "ppo" and r["id"] == item["id"])
+    answer = next(r["output"] for r in rows if r["model"] == "rl" and r["id"] == item["id"])
     return item["item"]["question"], answer.strip()
 
 
@@ -170,16 +169,11 @@ def test_predict_answers_from_the_champion_as_the_evaluation_did(recorded):
     assert missing.stderr.startswith("reftflow predict: error: models:/reftflow-policy/7: no such model in ")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_mlflow_models_serve_answers_an_http_request_for_the_champion(recorded):
     project, _, uri, tmp = recorded
     question, expected = _first_val_question(project)
-    port = _free_port()
+    port = free_port()
     venv_bin = str(Path(PY).parent)  # as with the venv activated: mlflow execs `uvicorn` from PATH
     env = {**_env(uri, tmp), "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "")])}
     server = subprocess.Popen([str(Path(venv_bin) / "mlflow"), "models", "serve",
@@ -233,7 +227,8 @@ def test_status_shows_what_is_stale_the_last_run_and_the_champion(recorded):
     assert "stale (DVC): nothing; every stage is up to date" in out
     assert f"last run: {run_id} (pipeline-original), started " in out and "FINISHED; gate PASS" in out
     assert "champion: reftflow-policy v1, registered " in out and f"by pipeline run {run_id}" in out
-    assert "ppo/pass_rate" in out
+    assert "rl/pass_rate" in out
+    assert "precision: sft " in out and ", rl " in out and "native bf16" in out
     params_text = (project / "params.yaml").read_text()
     try:
         params = yaml.safe_load(params_text)

@@ -5,17 +5,8 @@ import math
 import pytest
 import torch
 
-from reftflow.ppo.core import (
-    entropy_from_logits,
-    group_advantages,
-    kl_penalty,
-    logprobs_from_logits,
-    masked_mean,
-    masked_whiten,
-    policy_loss,
-    shape_rewards,
-    value_loss,
-)
+from reftflow.rl.ppo.core import group_advantages, kl_penalty, masked_whiten, policy_loss, shape_rewards, value_loss
+from reftflow.tensors import entropy_from_logits, logprobs_from_logits, masked_mean
 
 
 def test_masked_mean_ignores_masked_entries():
@@ -123,13 +114,13 @@ def test_group_advantages_compare_each_sample_with_its_question():
     # two questions, K = 3: scores (1, 0, 0) and (1, 1, 1)
     returns = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
-    grpo = group_advantages(returns, mask, 3, "grpo")
+    grpo = group_advantages(returns, mask, 3, "group_zscore")
     std = torch.tensor([1.0, 0.0, 0.0]).std().item()  # Bessel-corrected, as torch.std
     assert grpo[0, 0].item() == pytest.approx((2 / 3) / std, rel=1e-4)
     assert grpo[1, 0].item() == pytest.approx((-1 / 3) / std, rel=1e-4)
     assert torch.all(grpo[3:] == 0)  # all samples equal: no contrast, no gradient
     assert grpo[0, 2].item() == 0 and grpo[2, 2].item() == grpo[2, 0].item()  # every real token, only those
-    rloo = group_advantages(returns, mask, 3, "rloo")
+    rloo = group_advantages(returns, mask, 3, "leave_one_out")
     assert rloo[0, 0].item() == pytest.approx(1.0 - 0.0)  # 1 minus the mean of the other two (0, 0)
     assert rloo[1, 0].item() == pytest.approx(0.0 - 0.5)  # 0 minus the mean of (1, 0)
     with pytest.raises(ValueError, match="groups of 4"):
@@ -137,7 +128,7 @@ def test_group_advantages_compare_each_sample_with_its_question():
 
 
 # -- compute_advantages: each estimator on hand-computed cases ---------------------------------------
-from reftflow.ppo.core import compute_advantages  # noqa: E402
+from reftflow.rl.ppo.core import compute_advantages  # noqa: E402
 
 
 def test_gae_advantages_by_hand():
@@ -166,11 +157,11 @@ def test_grpo_advantages_by_hand_and_never_whitened_again():
     # K = 2: sequence rewards 1 and 0 -> mean 0.5, std sqrt(0.5) -> +-0.5 / 0.7071 on every real token
     rewards = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    adv, ret = compute_advantages(rewards, None, mask, "grpo", group_size=2, whiten=True)
+    adv, ret = compute_advantages(rewards, None, mask, "group_zscore", group_size=2, whiten=True)
     a = 0.5 / math.sqrt(0.5)
     torch.testing.assert_close(adv, torch.tensor([[a, a], [-a, 0.0]]), atol=1e-5, rtol=0)
     torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))  # reward-to-go
-    same, _ = compute_advantages(rewards, None, mask, "grpo", group_size=2, whiten=False)
+    same, _ = compute_advantages(rewards, None, mask, "group_zscore", group_size=2, whiten=False)
     torch.testing.assert_close(adv, same)
 
 
@@ -178,9 +169,9 @@ def test_rloo_advantages_by_hand_with_negative_scaling():
     # K = 3, returns 1, 0, 0: each minus the mean of the other two -> 1, -0.5, -0.5
     rewards = torch.tensor([[1.0], [0.0], [0.0]])
     mask = torch.ones(3, 1)
-    adv, _ = compute_advantages(rewards, None, mask, "rloo", group_size=3)
+    adv, _ = compute_advantages(rewards, None, mask, "leave_one_out", group_size=3)
     torch.testing.assert_close(adv, torch.tensor([[1.0], [-0.5], [-0.5]]))
-    scaled, _ = compute_advantages(rewards, None, mask, "rloo", group_size=3, negative_scale=0.5)
+    scaled, _ = compute_advantages(rewards, None, mask, "leave_one_out", group_size=3, negative_scale=0.5)
     torch.testing.assert_close(scaled, torch.tensor([[1.0], [-0.25], [-0.25]]))
 
 

@@ -5,21 +5,20 @@ import math
 import pytest
 import torch
 
-from reftflow.config import PPOConfig
 from reftflow.data.synthetic import generate
-from reftflow.ppo.trainer import PPOTrainer
-from reftflow.ppo.value_head import VALUE_HEAD_FILE, PolicyWithValue
-from reftflow.rl import COMMON_METRICS
-from tests.helpers import DIGITS, make_policy
+from reftflow.rl import COMMON_METRICS, RLRun
+from reftflow.rl.ppo.trainer import PPOTrainer
+from reftflow.rl.ppo.value_head import VALUE_HEAD_FILE, PolicyWithValue
+from tests.helpers import DIGITS, TINY, make_policy, rl_config
 
 REQUIRED = ["step", *COMMON_METRICS, "rl/kl", "ppo/value_loss", "ppo/policy_loss", "ppo/clipfrac", "rl/entropy",
             "ppo/approx_kl", "value/clipfrac", "time/generate_s", "time/forward_s", "time/update_s", "time/other_s"]
 
 
-def _cfg(**kw):
-    base = dict(steps=3, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=12,
-                lr=1e-3, checkpoint_every=0)
-    return PPOConfig(**{**base, **kw})
+def _trainer(sft, out, **kw) -> PPOTrainer:
+    base = dict(steps=3, questions_per_step=4, samples_per_question=2, minibatch_size=4, max_new_tokens=12, lr=1e-3)
+    cfg = rl_config("ppo", **{**base, **kw})
+    return PPOTrainer(RLRun(sft, generate(16, seed=0), cfg, DIGITS, out, 0, TINY.model_copy(update={"torch_threads": 1})))
 
 
 @pytest.fixture()
@@ -30,7 +29,7 @@ def sft(tmp_path):
 
 def test_ppo_smoke_changes_parameters_and_saves(sft, tmp_path):
     before = {k: v.clone() for k, v in PolicyWithValue.from_pretrained(sft)[0].state_dict().items()}
-    trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(), DIGITS, tmp_path / "ppo", seed=0, torch_threads=1)
+    trainer = _trainer(sft, tmp_path / "ppo")
     history = list(trainer.train())
     assert not (tmp_path / "ppo").exists()  # saving is the caller's explicit step
     trainer.save()
@@ -55,8 +54,7 @@ def test_ppo_smoke_changes_parameters_and_saves(sft, tmp_path):
 
 
 def test_kl_bound_stops_early_and_still_saves(sft, tmp_path):
-    cfg = _cfg(steps=6, lr=5e-3, max_kl=1e-6, kl_estimator="k3")
-    trainer = PPOTrainer(sft, generate(16, seed=0), cfg, DIGITS, tmp_path / "ppo", seed=0, torch_threads=1)
+    trainer = _trainer(sft, tmp_path / "ppo", steps=6, lr=5e-3, max_kl=1e-6, kl_estimator="k3")
     history = list(trainer.train())
     trainer.save()
     assert trainer.stop_reason is not None and trainer.stop_reason.startswith("kl_bound")
@@ -76,13 +74,12 @@ def test_step_questions_cover_the_data_before_repeating():
     assert halves == [questions(1)[0::2], questions(1)[1::2]]  # each process its share of the same questions
 
 
-@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("estimator", ["group_zscore", "leave_one_out"])
 def test_critic_free_estimators_train_the_policy_and_leave_the_value_head(sft, tmp_path, estimator):
-    """advantage_estimator grpo/rloo: the same PPO update with a group baseline, no value loss."""
+    """advantage_estimator group_zscore/leave_one_out: the same PPO update with a group baseline, no value loss."""
     before = {k: v.clone() for k, v in PolicyWithValue.from_pretrained(sft)[0].state_dict().items()}
-    trainer = PPOTrainer(sft, generate(16, seed=0), _cfg(advantage_estimator=estimator, whiten_advantages=False,
-                                                          negative_advantage_scale=0.5),
-                         DIGITS, tmp_path / "ppo", seed=0, torch_threads=1)
+    trainer = _trainer(sft, tmp_path / "ppo", advantage_estimator=estimator, whiten_advantages=False,
+                       negative_advantage_scale=0.5)
     history = list(trainer.train())
     trainer.save()
     assert len(history) == 3 and all(math.isfinite(v) for m in history for v in m.values())
@@ -90,3 +87,22 @@ def test_critic_free_estimators_train_the_policy_and_leave_the_value_head(sft, t
     after, _ = PolicyWithValue.from_pretrained(tmp_path / "ppo")
     changed = {k for k, v in after.state_dict().items() if not torch.equal(v, before[k])}
     assert "value_head.weight" not in changed and len(changed) == len(before) - 2  # all but the value head
+
+
+def test_critic_options_warm_up_the_value_head_alone_then_train_with_the_own_answers_term(sft, tmp_path):
+    """value_init mean_reward: the head's bias is the first step's mean reward; critic_warmup_steps: the
+    first step moves only the value head; value_lr: the head has its own lr; sft_coef: the own-answers
+    term is logged (and finite)."""
+    trainer = _trainer(sft, tmp_path / "ppo", steps=2, value_init="mean_reward", critic_warmup_steps=1,
+                       value_lr=1e-2, sft_coef=0.5)
+    policy_before = {k: v.clone() for k, v in trainer.lm.state_dict().items()}
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 1e-2]
+    it = trainer.train()
+    first = next(it)
+    # the mean reward, then two Adam updates of at most ~lr each
+    assert trainer.policy.value_head.bias.item() == pytest.approx(first["train_reward_mean"], abs=0.03)
+    assert first["train_reward_mean"] > 0.05
+    assert all(torch.equal(v, policy_before[k]) for k, v in trainer.lm.state_dict().items())  # policy untouched
+    second = next(it)
+    assert any(not torch.equal(v, policy_before[k]) for k, v in trainer.lm.state_dict().items())
+    assert math.isfinite(second["ppo/sft_nll"]) and 0.0 <= first["rl/mixed_questions"] <= 1.0

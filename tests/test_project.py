@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS
+from tests.helpers import TINY_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -69,7 +69,7 @@ def test_an_initialised_project_runs_end_to_end_and_then_skips_everything(tmp_pa
     first = subprocess.run(run, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "gate PASS" in first.stdout + first.stderr and (project / "mlflow.db").exists()
-    assert json.loads((project / "metrics/eval.json").read_text())["ppo"]["samples"] == 12
+    assert json.loads((project / "metrics/eval.json").read_text())["rl"]["samples"] == 12
     second = subprocess.run(run, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stages run: none" in second.stdout + second.stderr
@@ -77,7 +77,7 @@ def test_an_initialised_project_runs_end_to_end_and_then_skips_everything(tmp_pa
 
 @pytest.mark.parametrize("example", ["arithmetic", "genes", "smollm2", "qwen-gsm8k"])
 def test_every_example_parses_and_holds_every_key_dvc_reads(example):
-    from flows.pipeline import _has_key
+    from reftflow.project import has_key
     from reftflow.config import load_params, read_yaml
     from reftflow.project import STAGES, examples
 
@@ -85,7 +85,7 @@ def test_every_example_parses_and_holds_every_key_dvc_reads(example):
     path = ROOT / "reftflow/examples" / example / "params.yaml"
     load_params(path)
     raw = read_yaml(path)
-    missing = [key for stage in STAGES.values() for key in stage["params"] if not _has_key(raw, key)]
+    missing = [key for stage in STAGES.values() for key in stage["params"] if not has_key(raw, key)]
     assert not missing, f"{example}: DVC would refuse to run without {missing}"
 
 

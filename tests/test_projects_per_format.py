@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SHARED_GSM8K, TINY_PARAMS
+from tests.helpers import SHARED_GSM8K, TINY_PARAMS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -70,8 +70,8 @@ def test_an_initialised_project_runs_on_each_format(case, tmp_path, monkeypatch,
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     summary = pipeline(project_dir=str(project), run_name=case)
-    assert summary["ran"] == dict.fromkeys(["prepare", "base", "sft", "ppo", "evaluate", "gate"], True)
-    assert summary["eval"]["ppo"]["samples"] == 8 and summary["gate"]["decision"] in ("pass", "fail")
+    assert summary["ran"] == dict.fromkeys(["prepare", "base", "sft", "rl", "evaluate", "gate"], True)
+    assert summary["eval"]["rl"]["samples"] == 8 and summary["gate"]["decision"] in ("pass", "fail")
     report = json.loads((project / "metrics/prepare.json").read_text())
     sft = json.loads((project / "metrics/sft.json").read_text())
     if case == "openai":

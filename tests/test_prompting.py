@@ -13,7 +13,7 @@ import yaml
 from reftflow.data.records import Record
 from reftflow.modeling import build_char_tokenizer
 from reftflow.prompting import render_prompt
-from tests.conftest import TINY_PARAMS, make_project
+from tests.helpers import TINY_PARAMS, make_project
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "developer", "content": "Answer with a gene."},
         {"role": "user", "content": [{"type": "text", "text": "Which gene?"}]}]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from reftflow.config import DataConfig, ModelConfig, SFTConfig
-from tests.conftest import SHARED_GSM8K
+from tests.helpers import SHARED_GSM8K
 
 
 @pytest.mark.skipif(not (SHARED_GSM8K / "train.jsonl").exists(), reason="../shared/data/gsm8k not present")
@@ -45,12 +45,13 @@ def _tiny_gpt2(path):
 
 
 def test_any_hf_causal_lm_goes_through_sft_ppo_and_evaluate(tmp_path):
-    from reftflow.config import PPOConfig
     from reftflow.data.synthetic import generate
     from reftflow.evaluation import evaluate_model
     from reftflow.graders import build_grader
-    from reftflow.ppo.trainer import PPOTrainer
+    from reftflow.rl import RLRun
+    from reftflow.rl.ppo.trainer import PPOTrainer
     from reftflow.sft import train_sft
+    from tests.helpers import rl_config
 
     _tiny_gpt2(tmp_path / "base")
     records = generate(16, seed=0)
@@ -60,9 +61,9 @@ def test_any_hf_causal_lm_goes_through_sft_ppo_and_evaluate(tmp_path):
     grader = build_grader({"type": "numeric_answer", "name": "n", "input": "{{ sample.output_text }}",
                            "reference": "{{ item.answer }}"})
     with grader:
-        trainer = PPOTrainer(tmp_path / "sft", records, PPOConfig(steps=1, questions_per_step=2, samples_per_question=2,
-                                                                  minibatch_size=4, max_new_tokens=8, ent_coef=0.01),
-                             grader, tmp_path / "ppo", seed=0)
+        cfg = rl_config("ppo", steps=1, questions_per_step=2, samples_per_question=2, max_new_tokens=8,
+                        minibatch_size=4, ent_coef=0.01)
+        trainer = PPOTrainer(RLRun(tmp_path / "sft", records, cfg, grader, tmp_path / "ppo", 0))
         metrics = list(trainer.train())
         trainer.save()
         assert len(metrics) == 1

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import make_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,7 @@ def _metrics(workdir: Path) -> dict[int, dict]:
     return out
 
 
+@pytest.mark.slow  # two PPO runs in subprocesses, one killed and resumed: ~22 s
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     for d in (full, killed):

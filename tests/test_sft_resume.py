@@ -8,7 +8,8 @@ from pathlib import Path
 
 from reftflow.config import ModelConfig, SFTConfig
 from reftflow.data.synthetic import generate
-from reftflow.sft import COMPLETE_MARKER, last_complete_checkpoint, train_sft
+from reftflow.sft import train_sft
+from reftflow.trainer_checkpoints import COMPLETE_MARKER, last_complete as last_complete_checkpoint
 
 MODEL = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=128, torch_threads=1)
 SFT = SFTConfig(epochs=1, batch_size=8, max_steps=4, logging_steps=1, checkpoint_every=2)

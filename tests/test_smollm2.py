@@ -58,13 +58,14 @@ def test_smollm2_converts_and_trains_two_ppo_steps_with_lora(tmp_path):
     import torch
 
     from reftflow.base_model import prepare_base, read_source, resolve
-    from reftflow.config import LoRAConfig, ModelConfig, PPOConfig
+    from reftflow.config import LoRAConfig, ModelConfig
     from reftflow.data.prepare import with_prompts
     from reftflow.data.synthetic import generate
     from reftflow.graders import build_grader
     from reftflow.modeling import load_model
     from reftflow.prompting import render_prompt
-    from reftflow.rl import build_algorithm
+    from reftflow.rl import RLRun, build_algorithm
+    from tests.helpers import rl_config
 
     torch.set_num_threads(2)
     source = resolve(SPEC)
@@ -82,11 +83,10 @@ def test_smollm2_converts_and_trains_two_ppo_steps_with_lora(tmp_path):
 
     grader = build_grader({"type": "numeric_answer", "name": "a", "input": "{{ sample.output_text }}",
                            "reference": "{{ item.answer }}", "extraction": "last_number"})
-    cfg = PPOConfig(steps=2, questions_per_step=2, samples_per_question=2, minibatch_size=4, max_new_tokens=8,
-                    lr=1e-4, checkpoint_every=0)
-    algo = build_algorithm("ppo", tmp_path / "base", records, cfg, grader, tmp_path / "ppo", seed=0,
-                           torch_threads=2, model_cfg=ModelConfig(name_or_path=SPEC, max_length=None,
-                                                                  lora=LoRAConfig(r=8, alpha=16)))
+    cfg = rl_config("ppo", steps=2, questions_per_step=2, samples_per_question=2, max_new_tokens=8, minibatch_size=4,
+                    lr=1e-4)
+    model_cfg = ModelConfig(name_or_path=SPEC, max_length=None, lora=LoRAConfig(r=8, alpha=16), torch_threads=2)
+    algo = build_algorithm(RLRun(tmp_path / "base", records, cfg, grader, tmp_path / "ppo", 0, model_cfg))
     assert algo.ref is None and algo.peft is not None
     history = list(algo.train())
     assert [m["step"] for m in history] == [1, 2]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import StageFailed
-from tests.conftest import make_project
+from tests.helpers import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_LINE = {"question": "Tom has 1 apple and buys 2 more. How many apples does he have?",
@@ -108,16 +108,16 @@ def test_no_report_unless_asked_and_none_from_other_ranks(tmp_path, monkeypatch)
 
 
 def test_launcher_keeps_its_rank_zero_failure(tmp_path, monkeypatch):
-    """ppo under torchrun: rank 0 reported a bad input, the launcher then exits with torchrun's 1."""
+    """rl under torchrun: rank 0 reported a bad input, the launcher then exits with torchrun's 1."""
     from reftflow.io import write_json
 
     report = tmp_path / "report.json"
-    write_json(report, {"stage": "ppo", "exit_code": 2, "message": "train.jsonl:3: no answer"})
+    write_json(report, {"stage": "rl", "exit_code": 2, "message": "train.jsonl:3: no answer"})
 
     def launcher(params, args) -> None:
         raise SystemExit(1)
 
-    assert _stage("ppo", launcher, monkeypatch, tmp_path, report) == 1
+    assert _stage("rl", launcher, monkeypatch, tmp_path, report) == 1
     assert json.loads(report.read_text())["exit_code"] == 2
 
 
@@ -140,38 +140,38 @@ def test_real_stage_reports_a_broken_jsonl_line(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-DVC_FAILED = "ERROR: failed to reproduce 'ppo': failed to run: python -m tasks.ppo, exited with {}"
+DVC_FAILED = "ERROR: failed to reproduce 'rl': failed to run: python -m tasks.rl, exited with {}"
 
 
 @pytest.mark.parametrize(
     "code, report, output, expected",
     [
-        (0, None, "Stage 'ppo' didn't change, skipping", {"ran": False}),
-        (0, (0, ""), "Running stage 'ppo':", {"ran": True}),
+        (0, None, "Stage 'rl' didn't change, skipping", {"ran": False}),
+        (0, (0, ""), "Running stage 'rl':", {"ran": True}),
         (255, (2, "train.jsonl:3: no answer"), DVC_FAILED.format(2),
          {"ran": True, "bad_input": "train.jsonl:3: no answer"}),
-        # ppo's divergence: exit 3 after its own error line; that line, not DVC's, says why
-        (255, (3, ""), f"step 4\nreftflow ppo: error: KL 41.2 > 20 at step 4\n{DVC_FAILED.format(3)}",
-         StageFailed("ppo", 3, "reftflow ppo: error: KL 41.2 > 20 at step 4")),
+        # rl's divergence: exit 3 after its own error line; that line, not DVC's, says why
+        (255, (3, ""), f"step 4\nreftflow rl: error: KL 41.2 > 20 at step 4\n{DVC_FAILED.format(3)}",
+         StageFailed("rl", 3, "reftflow rl: error: KL 41.2 > 20 at step 4")),
         (255, (1, "RuntimeError: out of memory"), f"Traceback ...\n{DVC_FAILED.format(1)}",
-         StageFailed("ppo", 1, "RuntimeError: out of memory")),
+         StageFailed("rl", 1, "RuntimeError: out of memory")),
         # no report (killed by a signal, or DVC failed first) or a clean report: DVC's line and code
-        (255, None, f"Running stage 'ppo':\n{DVC_FAILED.format(-9)}", StageFailed("ppo", 255, DVC_FAILED.format(-9))),
-        (255, (0, ""), "ERROR: output 'models/ppo' does not exist",
-         StageFailed("ppo", 255, "ERROR: output 'models/ppo' does not exist")),
+        (255, None, f"Running stage 'rl':\n{DVC_FAILED.format(-9)}", StageFailed("rl", 255, DVC_FAILED.format(-9))),
+        (255, (0, ""), "ERROR: output 'models/rl' does not exist",
+         StageFailed("rl", 255, "ERROR: output 'models/rl' does not exist")),
     ],
 )
 def test_stage_outcome_comes_from_its_report(code, report, output, expected):
     from flows.pipeline import StageResult, _outcome
     from reftflow.stage import StageReport
 
-    stage_report = StageReport("ppo", *report) if report else None
+    stage_report = StageReport("rl", *report) if report else None
     if isinstance(expected, StageFailed):
         with pytest.raises(StageFailed) as e:
-            _outcome("ppo", code, stage_report, output)
+            _outcome("rl", code, stage_report, output)
         assert (e.value.exit_code, e.value.tail) == (expected.exit_code, expected.tail)
     else:
-        assert _outcome("ppo", code, stage_report, output) == StageResult("ppo", **expected)
+        assert _outcome("rl", code, stage_report, output) == StageResult("rl", **expected)
 
 
 def test_flow_failures_survive_pickling():
@@ -186,7 +186,8 @@ def test_flow_failures_survive_pickling():
     assert (str(failed), failed.exit_code) == ("stage 'gate' failed (exit 1): database is locked", 1)
 
 
-@pytest.mark.timeout(400)  # ~18 s on 2 busy cores: a fresh Prefect DB, DVC, one stage
+@pytest.mark.slow
+@pytest.mark.timeout(400)  # ~30 s on 2 busy cores: a fresh Prefect DB, DVC, one stage
 def test_broken_jsonl_line_ends_the_flow_with_the_stages_line(tmp_path):
     """The whole path on a fresh machine: empty PREFECT_HOME (the temporary server migrates a new
     DB, which needs more than Prefect's default startup timeout here), no PREFECT_API_URL."""

@@ -2,7 +2,7 @@
 `make test` installs through `make chromium`) driven by Playwright against `mlflow server` on
 127.0.0.1, over the SQLite store of a finished tiny pipeline run (tests/conftest.py `finished_project`):
 - the experiment's runs list shows the parent run, and opening it shows its five stage children;
-- the ppo run's charts show the reward and validation curves, with every logged point;
+- the rl run's charts show the reward and validation curves, with every logged point;
 - the gate report artifact opens and renders;
 - the registered model's page shows version 1 as `@champion`.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from tests.helpers import free_port
 
 
 def _chromium() -> str | None:
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900),
               pytest.mark.skipif(_chromium() is None, reason="no chromium here: `make chromium` (run by `make test`) "
                                  "installs Debian's package where it can")]
 
-STAGE_CHILDREN = ["prepare", "sft", "ppo", "evaluate", "gate"]  # base logs no run (see test_pipeline_e2e.py)
+STAGE_CHILDREN = ["prepare", "sft", "rl", "evaluate", "gate"]  # base logs no run (see test_pipeline_e2e.py)
 MODEL = "reftflow-policy"
 # nothing but the page: no first-run UI, updates, sync, field trials or metrics reporting
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
@@ -47,17 +47,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--no-first-run", "-
                  "--dns-prefetch-disable"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def mlflow_ui(finished_project):
     """`mlflow server` on the finished run's store, on a free port of 127.0.0.1; yields its base URL."""
     assert finished_project.returncode == 0, finished_project.tail
-    port = _free_port()
+    port = free_port()
     store = f"sqlite:///{finished_project.project / 'mlflow.db'}"
     log = open(finished_project.project.parent / "mlflow-server.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
@@ -170,29 +165,29 @@ def test_the_experiment_shows_the_parent_run_with_its_five_stage_children(page, 
     parent = page.get_by_role("link", name=runs["parent"], exact=True)
     expect(parent).to_be_visible()
     child = {s: page.get_by_role("link", name=s, exact=True) for s in STAGE_CHILDREN}
-    expect(child["ppo"]).to_be_hidden()  # the children sit under their parent, folded
+    expect(child["rl"]).to_be_hidden()  # the children sit under their parent, folded
     page.locator(".ag-cell", has=parent).get_by_role("button").click()  # the expander beside the parent's name
     for stage in STAGE_CHILDREN:
         expect(child[stage]).to_be_visible()
     page.screenshot(path=shots / "mlflow-runs.png")
 
 
-def test_the_ppo_run_shows_the_reward_and_validation_curves(page, mlflow_ui, runs, finished_project, shots):
+def test_the_rl_run_shows_the_reward_and_validation_curves(page, mlflow_ui, runs, finished_project, shots):
     from playwright.sync_api import expect
     from mlflow.tracking import MlflowClient
 
-    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['ppo']}/model-metrics{ML}")
+    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['rl']}/model-metrics{ML}")
     page.get_by_placeholder("Search metric charts").fill("reward_mean")
     client = MlflowClient(tracking_uri=f"sqlite:///{finished_project.project / 'mlflow.db'}")
     for metric in ("train_reward_mean", "valid_reward_mean"):
-        points = len(client.get_metric_history(runs["ppo"], metric))
+        points = len(client.get_metric_history(runs["rl"], metric))
         assert points >= 3, f"{metric}: too few points for a curve ({points})"
         card = page.locator("[data-testid=experiment-view-compare-runs-card]",
                             has=page.get_by_text(metric, exact=True))
         expect(card).to_have_count(1)
         # plotly draws one marker per logged step: the whole curve is on screen, not an empty frame
         expect(card.locator("path.point")).to_have_count(points)
-    page.screenshot(path=shots / "mlflow-ppo-curves.png")
+    page.screenshot(path=shots / "mlflow-rl-curves.png")
 
 
 def test_the_gate_report_artifact_opens(page, mlflow_ui, runs, shots):

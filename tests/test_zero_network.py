@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import loopback_only_prefix
+from tests.helpers import loopback_only_prefix
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -11,17 +11,15 @@ item's prompt. A bad file is one line on stderr and exit status 2 (docs/data.md 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from dataclasses import dataclass
 
 from reftflow.data.formats import FORMATS, detect_format, load_data_file, load_sft_file, prompt_key
 from reftflow.data.prepare import with_prompts
 from reftflow.data.records import Record
+from reftflow.config import DEFAULT_PROMPT_TEMPLATE
 from reftflow.errors import InputError
-from reftflow.prompting import DEFAULT_PROMPT_TEMPLATE
-
-EXIT_BAD_INPUT = 2
+from reftflow.exits import one_line_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -99,26 +97,11 @@ def report_lines(path: str, summary: Summary, detected: bool, sft: bool) -> list
     return lines
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(f"reftflow data check: error: {message}", file=sys.stderr)
-    return code
-
-
+@one_line_errors("data check", internal=True)  # DataError and the template's errors: already one line
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except InputError as e:  # DataError and the template's errors: already one line
-        return _fail(str(e))
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
-        return _fail(f"internal error: {type(e).__name__}: {' '.join(str(e).split())}", 1)
-
-
-def _run(args: argparse.Namespace) -> int:
     if args.sft:
         if args.format != "auto":
-            return _fail("--format does not apply to --sft (SFT files are OpenAI chat JSONL)")
+            raise InputError("--format does not apply to --sft (SFT files are OpenAI chat JSONL)")
         records, fmt, detected = load_sft_file(args.path), "openai", False
     else:
         detected = args.format == "auto"

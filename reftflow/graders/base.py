@@ -93,6 +93,12 @@ class Grader(ABC):
     @abstractmethod
     def _grade_batch(self, output_texts: list[str], items: list[dict]) -> list[GradeResult]: ...
 
+    def answer_key(self, output_text: str, item: dict) -> str | None:
+        """What majority voting (maj@k, `reftflow.stats.majority`) compares: answers with the same key are
+        the same answer. By default the output with its whitespace normalised; None (no vote) when empty.
+        A grader that extracts an answer votes on that instead (numeric_answer: the number)."""
+        return " ".join(output_text.split()) or None
+
     def children(self) -> Iterable[Grader]:
         return ()
 

@@ -15,15 +15,10 @@ import json
 import sys
 import time
 
-from reftflow.graders.base import GraderConfigError
-from reftflow.io import atomic_write_text
+from reftflow.errors import InputError
+from reftflow.exits import one_line_errors
 from reftflow.graders.spec import build_grader
-
-EXIT_BAD_INPUT = 2
-
-
-class InputError(ValueError):
-    pass
+from reftflow.io import atomic_write_text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,34 +54,18 @@ def read_samples(path: str) -> tuple[list[str], list[dict]]:
     return texts, items
 
 
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
-    print(f"reftflow grade: error: {message}", file=sys.stderr)
-    return code
-
-
+@one_line_errors("grade", internal=True)  # the contract is one line, never a traceback
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
-        return _fail(f"internal error: {type(e).__name__}: {e}", 1)
-
-
-def _run(args: argparse.Namespace) -> int:
     if not args.validate and not args.input:
-        return _fail("--input is required (or use --validate)")
+        raise InputError("--input is required (or use --validate)")
     texts: list[str] = []
     items: list[dict] = []
     item_fields = None
-    try:
-        if args.input:
-            texts, items = read_samples(args.input)
-            # "a field no item has": the union of item fields in the file
-            item_fields = set().union(*(it.keys() for it in items)) if items else None
-        grader = build_grader(args.grader, item_fields=item_fields)
-    except (GraderConfigError, InputError) as e:
-        return _fail(str(e))
+    if args.input:
+        texts, items = read_samples(args.input)
+        # "a field no item has": the union of item fields in the file
+        item_fields = set().union(*(it.keys() for it in items)) if items else None
+    grader = build_grader(args.grader, item_fields=item_fields)
     with grader:
         if args.validate:
             checked = f", {len(items)} samples' item fields checked" if args.input else ""

@@ -86,9 +86,19 @@ class NumericAnswerGrader(PureGrader):
 
     def score(self, output_text: str, item: dict) -> float:
         reference = reference_number(self.reference.render(output_text, item))
+        return self.scores.score(self._answer(output_text, item), reference, self.tolerance)
+
+    def _answer(self, output_text: str, item: dict) -> float | None:
         found = extract_answer(self.input.render(output_text, item), self.extraction)
-        answer = parse_number(found) if found is not None else None
-        return self.scores.score(answer, reference, self.tolerance)
+        return parse_number(found) if found is not None else None
+
+    def answer_key(self, output_text: str, item: dict) -> str | None:
+        """The extracted number (ReFT votes on the final answers): `12`, `12.0` and `1,2` are one answer."""
+        try:
+            answer = self._answer(output_text, item)
+        except Exception:  # noqa: BLE001 - a sample the grader cannot read does not vote
+            return None
+        return None if answer is None else repr(float(answer))
 
 
 def build(spec: dict, ctx: BuildContext) -> NumericAnswerGrader:

@@ -6,7 +6,9 @@ end) or from `decay` (rank r earns decay ** (r - 1)); 0 when the reference is ab
 
 Parsing: with a `separator` the output is split on it; otherwise each non-blank line is an entry. List
 markers (`1.`, `2)`, `-`, `*`) and markdown emphasis are stripped; ranks follow the order of entries, not
-the printed numbers.
+the printed numbers. With `distinct: true` a list that names an entry twice is no ranking and scores 0:
+without it, "A, A, A" earns full marks when A is right, and a policy trained on the reward is free to
+pad its list with repeats (RAFT on the genes example did, docs/regime.md).
 """
 
 from __future__ import annotations
@@ -41,19 +43,22 @@ class RankedListGrader(PureGrader):
 
     def __init__(
         self, name: str, label: str, input: Template, reference: Template, scores: tuple[float, ...] | None,
-        decay: float | None, separator: str | None, case_insensitive: bool,
+        decay: float | None, separator: str | None, case_insensitive: bool, distinct: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(name, label)
         self.input, self.reference, self.scores, self.decay = input, reference, scores, decay
-        self.separator, self.case_insensitive = separator, case_insensitive
+        self.separator, self.case_insensitive, self.distinct = separator, case_insensitive, distinct
 
     def rank(self, output_text: str, item: dict) -> int | None:
-        """1-based rank of the first entry equal to the reference; None when absent."""
+        """1-based rank of the first entry equal to the reference; None when absent (or, with `distinct`,
+        when an entry is listed twice)."""
         reference = normalize(self.reference.render(output_text, item))
         listed = entries(self.input.render(output_text, item), self.separator)
         if self.case_insensitive:
             reference = reference.casefold()
             listed = [e.casefold() for e in listed]
+        if self.distinct and len(set(listed)) < len(listed):
+            return None
         for position, entry in enumerate(listed, start=1):
             if entry == reference:
                 return position
@@ -69,7 +74,8 @@ class RankedListGrader(PureGrader):
 
 
 def build(spec: dict, ctx: BuildContext) -> RankedListGrader:
-    ctx.check_keys(spec, required=("reference",), optional=("input", "scores", "decay", "separator", "match"))
+    ctx.check_keys(spec, required=("reference",),
+                   optional=("input", "scores", "decay", "separator", "match", "distinct"))
     if ("scores" in spec) == ("decay" in spec):
         ctx.fail("give exactly one of 'scores' (a list such as [1.0, 0.7, 0.5, 0.3]) or 'decay' (e.g. 0.7)")
     scores = None
@@ -87,6 +93,9 @@ def build(spec: dict, ctx: BuildContext) -> RankedListGrader:
     if separator is not None and (not isinstance(separator, str) or not separator):
         ctx.fail("field 'separator' must be a non-empty string such as ',' or '\\n'")
     match = ctx.choice(spec, "match", ("exact", "case_insensitive"), "exact")
+    distinct = spec.get("distinct", False)
+    if not isinstance(distinct, bool):
+        ctx.fail("field 'distinct' must be true or false")
     return RankedListGrader(
         spec.get("name", ctx.name),
         ctx.label,
@@ -96,4 +105,5 @@ def build(spec: dict, ctx: BuildContext) -> RankedListGrader:
         decay,
         separator,
         match == "case_insensitive",
+        distinct,
     )

@@ -1,7 +1,8 @@
-"""RL algorithms behind one protocol, picked by name (`ppo.algorithm`), as verl picks its
-advantage estimator from a registry.
+"""RL algorithms behind one protocol, picked by name (`rl.algorithm`), as verl picks its advantage
+estimator from a registry.
 
-    algo = build_algorithm("ppo", policy_path, records, cfg, grader, out_dir, seed, checkpoint_dir=ckpt)
+    algo = build_algorithm(RLRun(policy_path, records, cfg, grader, out_dir, seed, model_cfg, checkpoint_dir))
+    algo.step                         # steps already done (> 0 after resuming a checkpoint)
     for metrics in algo.train():      # one dict per RL step (main process only)
         log(metrics)
     algo.save()                       # explicit: a caller that stops early still saves what it has
@@ -9,23 +10,26 @@ advantage estimator from a registry.
     algo.lm, algo.tokenizer           # the causal LM being trained, to evaluate between steps
 
 Every algorithm yields `step` and the `COMMON_METRICS` keys each step (`train_reward_mean` is hosted
-RFT's name; the rest are `rl/`), plus its own under its prefix (`ppo/`, `grpo/`, `raft/`). A new algorithm is one module with a class taking the arguments of
-`build_algorithm`, and one `ALGORITHMS` entry.
+RFT's name; the rest are `rl/`), plus its own under its prefix (`ppo/`, `grpo/`, `raft/`). A new
+algorithm is one module with a class built from an `RLRun`, its own section in `RLConfig`, and one
+`ALGORITHMS` entry. The stage's loop around them (validation, curves, checkpoint identity) is
+`reftflow.rl.loop`.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from reftflow.config import ModelConfig, PPOConfig
+from reftflow.config import ModelConfig, RLConfig
 from reftflow.data.records import Record
 
 ALGORITHMS: dict[str, str] = {
-    "ppo": "reftflow.ppo.trainer:PPOTrainer",  # ours, the ReFT recipe: critic, GAE, KL in the reward
-    "grpo": "reftflow.grpo:GRPOAlgorithm",  # TRL's GRPOTrainer on the same grader
-    "raft": "reftflow.raft:RAFTTrainer",  # rejection sampling + fine-tuning on the accepted samples
+    "ppo": "reftflow.rl.ppo.trainer:PPOTrainer",  # ours, the ReFT recipe: critic, GAE, KL in the reward
+    "grpo": "reftflow.rl.grpo:GRPOAlgorithm",  # TRL's GRPOTrainer on the same grader
+    "raft": "reftflow.rl.raft:RAFTTrainer",  # rejection sampling + fine-tuning on the accepted samples
 }
 
 COMMON_METRICS = ("train_reward_mean", "rl/accuracy", "rl/grader_error_rate", "rl/lr", "rl/episodes_per_s",
@@ -38,7 +42,31 @@ class TrainingDiverged(ValueError):
     """A NaN/inf reward, loss or gradient: the run stops before anything reaches out_dir."""
 
 
+@dataclass(frozen=True)
+class RLRun:
+    """What every algorithm is built from."""
+
+    policy_path: Path
+    """the SFT model dir: the starting policy (and PPO's frozen reference)."""
+    records: list[Record]
+    """the training items: their prompts, and the fields the grader sees as `{{ item.<field> }}`."""
+    cfg: RLConfig
+    """the `rl` section: the shared keys, and `cfg.<algorithm>` for the algorithm's own."""
+    grader: object
+    """a `reftflow.graders.Grader` (`grade_many(texts, items)`)."""
+    out_dir: Path
+    """where `save()` puts the trained policy (a normal HF model dir)."""
+    seed: int
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """the `model` section: device, threads, precision, LoRA, gradient checkpointing."""
+    checkpoint_dir: Path | None = None
+    """resumable checkpoints; the newest complete one there is resumed, so the caller keys the
+    directory by everything that must match (`reftflow.rl.loop.checkpoint_dir`). None: none."""
+
+
 class RLAlgorithm(Protocol):
+    step: int
+    """RL steps done so far: 0 for a fresh run, the checkpoint's step for a resumed one."""
     stop_reason: str | None
     tokenizer: object
 
@@ -57,18 +85,10 @@ class RLAlgorithm(Protocol):
         ...
 
 
-def build_algorithm(name: str, policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader,
-                    out_dir: str | Path, seed: int, checkpoint_dir: str | Path | None = None,
-                    torch_threads: int = 0, model_cfg: ModelConfig | None = None) -> RLAlgorithm:
-    """The algorithm `name` from `policy_path` on `records`, rewarded by `grader`.
-
-    `checkpoint_dir`: where resumable checkpoints go; whatever complete checkpoint is there is
-    resumed, so the caller keys the directory by everything that must match (the stage does).
-    `model_cfg`: the `model` section (LoRA, device, bf16); None is full fine-tuning on the auto device.
-    """
+def build_algorithm(run: RLRun) -> RLAlgorithm:
+    """The algorithm `run.cfg.algorithm`, built from `run`."""
+    name = run.cfg.algorithm
     if name not in ALGORITHMS:
         raise ValueError(f"unknown RL algorithm {name!r} (expected one of {', '.join(ALGORITHMS)})")
     module, cls = ALGORITHMS[name].split(":")
-    algorithm = getattr(importlib.import_module(module), cls)
-    return algorithm(policy_path, records, cfg, grader, out_dir, seed, checkpoint_dir=checkpoint_dir,
-                     torch_threads=torch_threads, model_cfg=model_cfg)
+    return getattr(importlib.import_module(module), cls)(run)

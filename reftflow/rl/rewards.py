@@ -34,11 +34,15 @@ def grade(grader, texts: list[str], items: list[dict]) -> Graded:
                   torch.tensor([r.parse_error for r in results], dtype=torch.float32), subs)
 
 
-def reward_metrics(graded: Graded) -> dict[str, torch.Tensor]:
+def reward_metrics(graded: Graded, group_size: int = 1) -> dict[str, torch.Tensor]:
     """Mean and spread of the reward, the share of full marks, the shares the grader failed on and that
-    lacked the response format, and each sub-grader's mean."""
+    lacked the response format, each sub-grader's mean, and the share of questions whose `group_size`
+    samples disagree (`rl/mixed_questions`: only those carry a contrast to learn from)."""
     scores = graded.scores
+    groups = scores.reshape(-1, group_size) if group_size > 1 and scores.numel() % group_size == 0 else None
+    mixed = {} if groups is None else {"rl/mixed_questions": (groups.amax(1) > groups.amin(1)).float().mean()}
     return {
+        **mixed,
         "train_reward_mean": scores.mean(),
         "rl/reward_std": scores.std() if scores.numel() > 1 else torch.zeros(()),
         "rl/accuracy": (scores >= FULL_MARKS).float().mean(),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from reftflow.forward import response_hidden
-from reftflow.ppo.core import entropy_from_logits, logprobs_from_logits
+from reftflow.tensors import entropy_from_logits, logprobs_from_logits
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -63,6 +63,7 @@ class PolicyWithValue(nn.Module):
         with_entropy: bool = False,
         entropy_grad: bool = True,
         group_size: int = 1,
+        detach_value: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Log-probs and values for the last `response_length` tokens of `input_ids`.
 
@@ -75,6 +76,7 @@ class PolicyWithValue(nn.Module):
             with_entropy: also return the per-token entropy (bs, R).
             entropy_grad: False computes the entropy outside autograd (a metric, not a loss term).
             group_size: rows come in groups of this many sharing one prompt (see `response_hidden`).
+            detach_value: the value head reads detached hidden states (no value gradient into the backbone).
 
         Returns:
             (logp (bs, R), values (bs, R), entropy (bs, R) or None). values[:, t] is V of the state
@@ -85,7 +87,7 @@ class PolicyWithValue(nn.Module):
         if temperature != 1.0:
             logits = logits / temperature
         logp = logprobs_from_logits(logits, input_ids[:, -response_length:])
-        values = self.value(hidden)
+        values = self.value(hidden.detach() if detach_value else hidden)
         entropy = None
         if with_entropy:
             with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):

@@ -1,46 +1,50 @@
-"""GRPO through TRL's GRPOTrainer, on the same data, grader and PPO config section (`ppo.algorithm: grpo`).
+"""GRPO through TRL's GRPOTrainer, on the same data and grader as our algorithms (`rl.algorithm: grpo`).
 
 No value head; advantages are each sample's reward relative to the other samples of its question
-(Shao et al., 2024, DeepSeekMath §4.1). Sizes map from `PPOConfig` so a comparison with our PPO
+(Shao et al., 2024, DeepSeekMath §4.1). Sizes map from the `rl` section so a comparison with our PPO
 uses the same model, K and batch: one generation batch = `questions_per_step` × K completions,
-reused for `ppo_epochs` passes (TRL's `num_iterations`) in minibatches of `minibatch_size`.
+reused for `rl.grpo.epochs` passes (TRL's `num_iterations`) in minibatches of `rl.grpo.minibatch_size`.
 
 TRL's `train()` runs to the end in one call, so it runs in a worker thread that pauses at every
 RL-step boundary until the caller asks for the next step: `train()` is then a real generator like
-our PPO's, and a caller that stops iterating stops training at that boundary.
+our PPO's, and a caller that stops iterating stops training at that boundary. Checkpoints are TRL's
+own (`checkpoint-N/` every `rl.checkpoint_every` RL steps, in `checkpoint_dir`); a killed run resumes
+from the newest complete one (`reftflow.trainer_checkpoints`).
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
-from reftflow.config import ModelConfig, PPOConfig
-from reftflow.data.records import Record
+from reftflow.config import RLConfig
 from reftflow.graders.reward_fn import ITEM_COLUMN
 from reftflow.prompting import render_prompt
+from reftflow.rl import RLRun
 
 
-def grpo_sizes(cfg: PPOConfig) -> dict[str, int]:
+def grpo_sizes(cfg: RLConfig) -> dict[str, int]:
+    section = cfg.grpo
     rollouts = cfg.questions_per_step * cfg.samples_per_question
-    minibatch = min(cfg.minibatch_size, rollouts)
+    minibatch = min(section.minibatch_size, rollouts)
     # TRL needs the per-device batch to hold whole groups of K completions
     minibatch = max(cfg.samples_per_question, minibatch - minibatch % cfg.samples_per_question)
     steps_per_generation = max(1, rollouts // minibatch)
     return {
         "per_device_train_batch_size": minibatch,
         "steps_per_generation": steps_per_generation,
-        "num_iterations": cfg.ppo_epochs,
-        "max_steps": cfg.steps * steps_per_generation * cfg.ppo_epochs,
-        "optimizer_steps_per_rl_step": steps_per_generation * cfg.ppo_epochs,
+        "num_iterations": section.epochs,
+        "max_steps": cfg.steps * steps_per_generation * section.epochs,
+        "optimizer_steps_per_rl_step": steps_per_generation * section.epochs,
     }
 
 
-def rl_step_metrics(chunk: list[dict[str, float]], cfg: PPOConfig, grader_name: str, step_s: float | None
+def rl_step_metrics(chunk: list[dict[str, float]], cfg: RLConfig, grader_name: str, step_s: float | None
                     ) -> dict[str, float]:
     """One RL step's metrics from TRL's logs of its optimizer steps, under the protocol's names
     (`reftflow.graders.as_reward_function` logs `<grader>/accuracy` and `<grader>/error_rate`)."""
@@ -53,68 +57,39 @@ def rl_step_metrics(chunk: list[dict[str, float]], cfg: PPOConfig, grader_name: 
             "rl/accuracy": mean.get(f"{grader_name}/accuracy", float("nan")),
             "rl/grader_error_rate": mean.get(f"{grader_name}/error_rate", float("nan")),
             "rl/reward_std": mean.get("reward_std", float("nan")), "rl/kl": mean.get("kl", 0.0),
-            "rl/entropy": mean.get("entropy", float("nan")), "rl/lr": mean.get("learning_rate", cfg.lr),
+            "rl/entropy": mean.get("entropy", float("nan")), "rl/lr": mean.get("learning_rate", cfg.grpo.lr),
             "rl/episodes": episodes, **{f"grpo/{k.replace('/', '_')}": v for k, v in mean.items()}}
 
 
 class GRPOAlgorithm:
-    """TRL GRPO behind the `reftflow.rl` protocol. Checkpoints are not written (`checkpoint_dir` is
-    accepted and ignored): a killed GRPO run starts over."""
+    """TRL GRPO behind the `reftflow.rl` protocol."""
 
-    def __init__(self, policy_path: str | Path, records: list[Record], cfg: PPOConfig, grader, out_dir: str | Path,
-                 seed: int, checkpoint_dir: str | Path | None = None, torch_threads: int = 0,
-                 model_cfg: ModelConfig | None = None):
-        import tempfile
-
+    def __init__(self, run: RLRun):
         from datasets import Dataset
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOTrainer
 
+        from reftflow import trainer_checkpoints
         from reftflow.graders import as_reward_function
         from reftflow.lora import peft_config
-        from reftflow.modeling import load_model, select_device, set_threads
+        from reftflow.modeling import load_model
 
-        model_cfg = model_cfg or ModelConfig()
-        device = select_device(model_cfg.device)
-        set_threads(torch_threads, device)
-        self.cfg, self.out_dir, self.stop_reason = cfg, Path(out_dir), None
-        model, self.tokenizer = load_model(policy_path)
+        cfg = run.cfg
+        self.cfg, self.out_dir, self.stop_reason = cfg, Path(run.out_dir), None
+        model, self.tokenizer = load_model(run.policy_path)
         sizes = grpo_sizes(cfg)
         self.per_rl_step = sizes["optimizer_steps_per_rl_step"]
+        self._work = None if run.checkpoint_dir else tempfile.TemporaryDirectory(prefix="reftflow-grpo-")
+        work = Path(run.checkpoint_dir) if run.checkpoint_dir else Path(self._work.name)
+        self.resume_from = trainer_checkpoints.last_complete(work) if run.checkpoint_dir else None
+        self.step = trainer_checkpoints.global_step(self.resume_from) // self.per_rl_step if self.resume_from else 0
         # the item travels as one JSON column: a dataset cannot hold items whose fields differ in type
-        rows = [{"prompt": render_prompt(r, self.tokenizer), ITEM_COLUMN: json.dumps(r.item)} for r in records]
-        self._work = tempfile.TemporaryDirectory(prefix="reftflow-grpo-")
-        args = GRPOConfig(
-            output_dir=self._work.name,
-            per_device_train_batch_size=sizes["per_device_train_batch_size"],
-            steps_per_generation=sizes["steps_per_generation"],
-            num_iterations=sizes["num_iterations"],
-            max_steps=sizes["max_steps"],
-            num_generations=cfg.samples_per_question,
-            max_completion_length=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=0,
-            top_p=1.0,
-            beta=cfg.kl_coef,
-            epsilon=cfg.clip_range,
-            learning_rate=cfg.lr,
-            lr_scheduler_type=cfg.lr_scheduler,
-            weight_decay=cfg.weight_decay,
-            max_grad_norm=cfg.max_grad_norm,
-            logging_steps=1,
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-            data_seed=seed,
-            use_cpu=device.type == "cpu",
-            bf16=model_cfg.bf16,  # TRL's default, on the CPU too
-            activation_checkpointing=model_cfg.gradient_checkpointing,
-            dataloader_num_workers=0,
-        )
-        self._lockstep = _Lockstep(self.per_rl_step, cfg, grader.name)
-        self.trainer = GRPOTrainer(model=model, reward_funcs=as_reward_function(grader), args=args,
-                                   train_dataset=Dataset.from_list(rows), processing_class=self.tokenizer,
-                                   callbacks=[self._lockstep.callback()],
-                                   peft_config=peft_config(model_cfg.lora) if model_cfg.lora else None)
+        rows = [{"prompt": render_prompt(r, self.tokenizer), ITEM_COLUMN: json.dumps(r.item)} for r in run.records]
+        self._lockstep = _Lockstep(self.per_rl_step, cfg, run.grader.name)
+        self.trainer = GRPOTrainer(model=model, reward_funcs=as_reward_function(run.grader),
+                                   args=_trl_config(run, sizes, work), train_dataset=Dataset.from_list(rows),
+                                   processing_class=self.tokenizer,
+                                   callbacks=[self._lockstep.callback(), trainer_checkpoints.mark_complete_callback()],
+                                   peft_config=peft_config(run.model.lora) if run.model.lora else None)
 
     @property
     def lm(self):
@@ -122,13 +97,13 @@ class GRPOAlgorithm:
 
     def train(self) -> Iterator[dict[str, float]]:
         """TRL's training in a worker thread, one RL step per `next()`."""
-        worker = threading.Thread(target=self._lockstep.run, args=(self.trainer.train,), daemon=True)
+        resume = str(self.resume_from) if self.resume_from else None
+        worker = threading.Thread(target=self._lockstep.run, args=(lambda: self.trainer.train(resume),), daemon=True)
         worker.start()
-        step = 0
         try:
             while (metrics := self._lockstep.next_step()) is not None:
-                step += 1
-                yield {"step": step, **metrics}
+                self.step += 1
+                yield {"step": self.step, **metrics}
         finally:
             self._lockstep.stop()
             worker.join()
@@ -138,7 +113,49 @@ class GRPOAlgorithm:
         from reftflow.modeling import save_trained
 
         save_trained(self.trainer, self.tokenizer, self.out_dir)
-        self._work.cleanup()
+        if self._work is not None:
+            self._work.cleanup()
+
+
+def _trl_config(run: RLRun, sizes: dict[str, int], work: Path):
+    """The `rl` section as TRL's GRPOConfig: sampling as our sampler's (top_k 0, top_p 1), a checkpoint every
+    `rl.checkpoint_every` RL steps when the stage keeps them, precision by `model.bf16`."""
+    from trl import GRPOConfig
+
+    from reftflow.modeling import device_and_precision
+
+    cfg, section = run.cfg, run.cfg.grpo
+    device, bf16 = device_and_precision(run.model)
+    checkpoints = run.checkpoint_dir is not None and cfg.checkpoint_every > 0
+    return GRPOConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=sizes["per_device_train_batch_size"],
+        steps_per_generation=sizes["steps_per_generation"],
+        num_iterations=sizes["num_iterations"],
+        max_steps=sizes["max_steps"],
+        num_generations=cfg.samples_per_question,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=0,
+        top_p=1.0,
+        beta=section.beta,
+        epsilon=section.epsilon,
+        learning_rate=section.lr,
+        lr_scheduler_type=section.lr_scheduler,
+        weight_decay=section.weight_decay,
+        max_grad_norm=section.max_grad_norm,
+        logging_steps=1,
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=cfg.checkpoint_every * sizes["optimizer_steps_per_rl_step"] if checkpoints else 500,
+        save_total_limit=2,
+        report_to="none",
+        seed=run.seed,
+        data_seed=run.seed,
+        use_cpu=device.type != "cuda",
+        bf16=bf16,
+        activation_checkpointing=run.model.gradient_checkpointing,
+        dataloader_num_workers=0,
+    )
 
 
 class _Lockstep:
@@ -146,7 +163,7 @@ class _Lockstep:
 
     _DONE = object()
 
-    def __init__(self, per_rl_step: int, cfg: PPOConfig, grader_name: str):
+    def __init__(self, per_rl_step: int, cfg: RLConfig, grader_name: str):
         self.per_rl_step, self.cfg, self.grader_name = per_rl_step, cfg, grader_name
         self._out: queue.Queue = queue.Queue(maxsize=1)
         self._go = threading.Semaphore(0)

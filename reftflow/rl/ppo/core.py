@@ -9,10 +9,10 @@ averages and logs them in one place.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from reftflow.tensors import masked_mean
 
 __all__ = [
-    "masked_mean",
     "masked_var",
     "masked_whiten",
     "compute_gae",
@@ -23,17 +23,7 @@ __all__ = [
     "shape_rewards",
     "policy_loss",
     "value_loss",
-    "entropy_from_logits",
-    "logprobs_from_logits",
 ]
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of `x` over positions where `mask` is 1 (all of them when dim is None)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
@@ -93,14 +83,14 @@ def compute_gae(
 
 
 def group_advantages(
-    returns: torch.Tensor, mask: torch.Tensor, group_size: int, estimator: str = "grpo", eps: float = 1e-6
+    returns: torch.Tensor, mask: torch.Tensor, group_size: int, estimator: str = "group_zscore", eps: float = 1e-6
 ) -> torch.Tensor:
     """Outcome advantages with the other samples of the same question as the baseline, no critic.
 
     Rows come in groups of `group_size` K (K samples per question). Each sequence's return is
     compared with its group's:
-      grpo: (R - mean_group) / (std_group + eps)   (Shao et al., 2024, DeepSeekMath §4.1.2)
-      rloo: R - mean of the other K-1 returns        (Ahmadian et al., 2024, "Back to Basics")
+      group_zscore: (R - mean_group) / (std_group + eps)   (GRPO: Shao et al., 2024, DeepSeekMath §4.1.2)
+      leave_one_out: R - mean of the other K-1 returns     (RLOO: Ahmadian et al., 2024, "Back to Basics")
     and the advantage is given to every real token of the sequence (verl's `adv_estimator`).
     A question whose K samples all score the same gets advantage 0: it carries no contrast, where a
     critic that has not yet learnt that question's difficulty would give it noise.
@@ -112,19 +102,19 @@ def group_advantages(
     if returns.shape[0] % group_size:
         raise ValueError(f"{returns.shape[0]} returns do not split into groups of {group_size}")
     g = returns.reshape(-1, group_size)
-    if estimator == "grpo":
+    if estimator == "group_zscore":
         std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.ones_like(g[:, :1])
         adv = (g - g.mean(dim=1, keepdim=True)) / (std + eps)
-    elif estimator == "rloo":
+    elif estimator == "leave_one_out":
         if group_size < 2:
-            raise ValueError("rloo needs at least 2 samples per question")
+            raise ValueError("leave_one_out needs at least 2 samples per question")
         adv = (g - g.mean(dim=1, keepdim=True)) * group_size / (group_size - 1)
     else:
-        raise ValueError(f"unknown group estimator {estimator!r} (expected grpo or rloo)")
+        raise ValueError(f"unknown group estimator {estimator!r} (expected group_zscore or leave_one_out)")
     return adv.reshape(-1, 1) * mask.to(returns.dtype)
 
 
-ADVANTAGE_ESTIMATORS = ("gae", "grpo", "rloo")
+ADVANTAGE_ESTIMATORS = ("gae", "group_zscore", "leave_one_out")
 
 
 def compute_advantages(
@@ -142,9 +132,9 @@ def compute_advantages(
 
     gae: the critic's GAE (`compute_gae`), then whitened over the batch when `whiten` (TRL's PPO and
         verl whiten GAE advantages: the critic's scale drifts as it learns).
-    grpo / rloo: each sequence's return (score + summed KL penalty) against the other samples of its
+    group_zscore / leave_one_out: each sequence's return (score + summed KL penalty) against the other samples of its
         question (`group_advantages`); `values` is not used. These are never whitened again: the
-        group baseline already centres them (and grpo divides by the group's std), and a second,
+        group baseline already centres them (and group_zscore divides by the group's std), and a second,
         batch-wide whitening would only mix one question's scale into another's.
     Then negative advantages are multiplied by `negative_scale` (1: plain PPO; below 1 pushes wrong
     answers down less than it pulls right ones up).
@@ -165,7 +155,7 @@ def compute_advantages(
         advantages, returns = compute_gae(rewards, values * mask, mask, gamma, lam)
         if whiten:
             advantages = masked_whiten(advantages, mask)
-    elif estimator in ("grpo", "rloo"):
+    elif estimator in ("group_zscore", "leave_one_out"):
         advantages = group_advantages(rewards.sum(1), mask, group_size, estimator)
         returns = rewards.flip(1).cumsum(1).flip(1) * mask
     else:
@@ -264,17 +254,3 @@ def value_loss(
             "value/error": masked_mean(err, mask),
         }
     return loss, metrics
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(bs, T, V) logits and (bs, T) token ids → (bs, T) log-probabilities of those tokens."""
-    logits = logits.float()
-    # gather then subtract logsumexp: no (bs, T, V) log-softmax tensor is materialised
-    return torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """(bs, T, V) logits → (bs, T) entropy of the categorical distribution, in nats."""
-    logits = logits.float()
-    probs = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
