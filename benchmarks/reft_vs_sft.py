@@ -142,15 +142,6 @@ def evaluate(model_dir: Path, val, grader, params, label: str) -> dict:
             "scores": res.scores, "outputs": [row["output"] for row in res.rows]}
 
 
-def gene_shares(outputs: list[str], val, grader) -> dict[str, float]:
-    """Genes: the share of answers that list a gene twice, and of answers whose true gene is 2nd or 3rd."""
-    from reftflow.graders.ranked import entries
-
-    twice = sum(len(set(listed)) < len(listed) for listed in (entries(o, ",") for o in outputs))
-    ranks = [grader.rank(o, r.item) for o, r in zip(outputs, val)]
-    return {"repeats_a_gene": twice / len(outputs), "second_or_third": sum(r in (2, 3) for r in ranks) / len(outputs)}
-
-
 def run_task(task: str, args, say: Progress, work: Path) -> dict:
     """Every arm of one task; its result (see `summarize`)."""
     from reftflow.data.prepare import build_splits
@@ -194,9 +185,11 @@ def run_task(task: str, args, say: Progress, work: Path) -> dict:
         say(f"{task} seed {seed}: " + ", ".join(f"{a} {evals[a][-1]['pass_rate']:.3f}/{evals[a][-1]['mean_score']:.3f}"
                                                 for a in ARMS[1:]) + " (pass rate/score)")
     result = summarize(evals, runs, seeds)
-    if task == "genes":
-        result["genes"] = {arm: {k: statistics.fmean(gene_shares(e["outputs"], val, grader)[k] for e in evals[arm])
-                                 for k in ("repeats_a_gene", "second_or_third")} for arm in ARMS}
+    if grader.type == "ranked_list":  # the genes task: how the lists look, beyond their score
+        from reftflow.graders.ranked import list_shares
+
+        shares = {arm: [list_shares(grader, e["outputs"], [r.item for r in val]) for e in evals[arm]] for arm in ARMS}
+        result["genes"] = {arm: {k: statistics.fmean(s[k] for s in v) for k in v[0]} for arm, v in shares.items()}
     result["setup"] = {"params": str(TASKS[task].relative_to(ROOT)), "budget_s": budget, "seeds": seeds,
                        "data_seed": args.data_seed, "precision": name(bf16), "warmup": warm, "data_report": report,
                        "regime": params.model_dump(mode="json")}
@@ -260,7 +253,7 @@ def print_table(task: str, r: dict) -> None:
     e = r["episodes_per_s"]
     print("episodes/s: " + ", ".join(f"{k} {v:.1f}" for k, v in e.items()))
     if "genes" in r:
-        print("answers listing a gene twice: " + ", ".join(f"{a} {100 * v['repeats_a_gene']:.1f} %"
+        print("answers listing a gene twice: " + ", ".join(f"{a} {100 * v['repeats_an_entry']:.1f} %"
                                                           for a, v in r["genes"].items()))
         print("answers with the true gene 2nd or 3rd: " + ", ".join(f"{a} {100 * v['second_or_third']:.1f} %"
                                                                    for a, v in r["genes"].items()))

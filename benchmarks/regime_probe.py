@@ -99,7 +99,12 @@ def main(argv: list[str] | None = None) -> dict:
         outs = generate_greedy(lm, tok, [render_prompt(r, tok) for r in val], rl_cfg.max_new_tokens, 100,
                                bf16=bf16)
         scores = grade(outs, [r.item for r in val])
-        return {"greedy": sum(s >= 1.0 for s in scores) / len(val), "mean_score": sum(scores) / len(val)}
+        shares = {}
+        if grader.type == "ranked_list":  # how the lists look, beyond their score (docs/regime.md section 8)
+            from reftflow.graders.ranked import list_shares
+
+            shares = list_shares(grader, outs, [r.item for r in val])
+        return {"greedy": sum(s >= 1.0 for s in scores) / len(val), "mean_score": sum(scores) / len(val), **shares}
 
     def record(**fields) -> dict:
         row = {"mode": args.mode, "name": args.name, "warm": args.warm, "data_seed": args.data_seed,

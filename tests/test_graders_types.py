@@ -409,3 +409,13 @@ def test_program_text_after_a_prompt_is_dedented():
     namespace: dict = {}
     exec(compile(program, "<p>", "exec"), namespace)
     assert namespace["solution"]() == 42
+
+
+def test_ranked_list_shares_count_repeats_and_runner_up_credit():
+    from reftflow.graders import build_grader
+    from reftflow.graders.ranked import list_shares
+
+    grader = build_grader({**GENES, "separator": ","})
+    outputs = ["BRCA1, BRCA1, TP53", "TP53, BRCA1, PTEN", "PTEN, TP53, BRCA1", "BRCA1, TP53, PTEN"]
+    shares = list_shares(grader, outputs, [{"gene": "BRCA1"}] * 4)
+    assert shares == {"repeats_an_entry": 0.25, "second_or_third": 0.5}

@@ -73,6 +73,18 @@ class RankedListGrader(PureGrader):
         return float(self.decay) ** (rank - 1)
 
 
+def list_shares(grader: RankedListGrader, outputs: list[str], items: list[dict]) -> dict[str, float]:
+    """How a model's ranked answers look, beyond their score: the share that name an entry twice, and the
+    share whose reference sits 2nd or 3rd (the partial credit a ranking earns)."""
+    twice, runner_up = 0, 0
+    for text, item in zip(outputs, items):
+        listed = entries(grader.input.render(text, item), grader.separator)
+        twice += len(set(listed)) < len(listed)
+        runner_up += RankedListGrader.rank(grader, text, item) in (2, 3)
+    n = max(len(outputs), 1)
+    return {"repeats_an_entry": twice / n, "second_or_third": runner_up / n}
+
+
 def build(spec: dict, ctx: BuildContext) -> RankedListGrader:
     ctx.check_keys(spec, required=("reference",),
                    optional=("input", "scores", "decay", "separator", "match", "distinct"))
