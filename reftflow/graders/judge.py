@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,8 @@ def loadable(source: BaseSource) -> str:
         with open(dest.parent / f".{dest.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (dest / "config.json").exists():
-                print(f"reftflow: converting the judge {source.spec} once, into {dest}", flush=True)
+                # stderr: `reftflow grade` writes its results to stdout
+                print(f"reftflow: converting the judge {source.spec} once, into {dest}", file=sys.stderr, flush=True)
                 prepare_base(source, dest)  # atomic: a killed conversion leaves no half directory
     return str(dest)
 
