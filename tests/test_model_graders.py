@@ -452,4 +452,3 @@ def test_a_pipeline_with_a_score_model_part_completes(tmp_path):
     curve = (project / "plots/rl_curve.csv").read_text()
     assert "sub_judge" in curve.splitlines()[0]  # the judge part's mean reward, per RL step
     print(f"pipeline with a SmolLM2 judge: {seconds:.0f} s; eval: {ev['rl']}")
-    print(proc.stdout[-4000:])
