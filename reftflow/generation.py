@@ -179,13 +179,20 @@ def _fixed_width(cols: list[torch.Tensor], width: int, fill) -> torch.Tensor:
     return t
 
 
-@torch.no_grad()
 def generate_greedy(lm, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 64,
                     bf16: bool = False) -> list[str]:
     """Greedy completions of `prompts` (texts) by a plain causal LM, in their order; special tokens
     skipped. Prompts are batched by length (longest first) to keep left padding short. `bf16`: under bf16
     autocast (`reftflow.precision`).
     """
+    return generate_texts(lm, tokenizer, prompts, _greedy_config(tokenizer, max_new_tokens), batch_size, bf16)
+
+
+@torch.no_grad()
+def generate_texts(lm, tokenizer, prompts: list[str], config, batch_size: int = 64, bf16: bool = False,
+                   tokens: list[list[int]] | None = None) -> list[str]:
+    """`generate_greedy` under any `transformers.GenerationConfig` (a judge model's sampling, say);
+    `tokens`: the prompts already tokenised."""
     from reftflow.precision import autocast
 
     if not prompts:
@@ -193,9 +200,8 @@ def generate_greedy(lm, tokenizer, prompts: list[str], max_new_tokens: int, batc
     was_training = lm.training
     lm.eval()
     device = next(lm.parameters()).device
-    tokens = tokenizer(list(prompts))["input_ids"]
+    tokens = tokens if tokens is not None else tokenizer(list(prompts))["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(tokens[i]))
-    config = _greedy_config(tokenizer, max_new_tokens)
     out: list[str | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]

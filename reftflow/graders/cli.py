@@ -87,9 +87,11 @@ def run(args: argparse.Namespace) -> int:
     errors = sum(r.error is not None for r in results)
     mean = sum(r.score for r in results) / n if n else 0.0
     rate = n / elapsed if elapsed > 0 else float("inf")
+    # a judge model grades a few samples a second: "0 samples/s" would hide it
+    shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
     print(
         f"graded {n} samples with {grader.name!r}: mean score {mean:.4f}, {errors} errored, "
-        f"{rate:,.0f} samples/s ({elapsed:.2f} s)",
+        f"{shown} samples/s ({elapsed:.2f} s)",
         file=sys.stderr,
     )
     if errors:

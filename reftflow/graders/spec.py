@@ -1,7 +1,7 @@
 """Grader objects from JSON/YAML: loading, one-line validation errors, and dispatch by `type`.
 
 Field names follow OpenAI's grader objects where the type exists there (string_check, text_similarity,
-python, multi); numeric_answer, ranked_list and program_answer are reftflow's own.
+python, multi, score_model, label_model); numeric_answer, ranked_list and program_answer are reftflow's own.
 """
 
 from __future__ import annotations
@@ -14,15 +14,9 @@ from typing import Any, Callable, NoReturn
 from reftflow.graders.base import Grader, GraderConfigError
 from reftflow.templates import Template, TemplateSyntaxError
 
-_UNSUPPORTED = {
-    "score_model": "needs a hosted model to score; reftflow grades offline (use python, text_similarity or multi)",
-    "label_model": "needs a hosted model to label; reftflow grades offline (use python, string_check or multi)",
-}
-
-
 def _builders() -> dict[str, Callable[[dict, BuildContext], Grader]]:
     # imported here so `import reftflow.graders` stays cheap and free of cycles
-    from reftflow.graders import code, multi, numeric, ranked, similarity, string_check
+    from reftflow.graders import code, model_graders, multi, numeric, ranked, similarity, string_check
 
     return {
         "string_check": string_check.build,
@@ -32,6 +26,8 @@ def _builders() -> dict[str, Callable[[dict, BuildContext], Grader]]:
         "program_answer": code.build_program_answer,
         "python": code.build_python,
         "multi": multi.build,
+        "score_model": model_graders.build_score_model,
+        "label_model": model_graders.build_label_model,
     }
 
 
@@ -70,12 +66,15 @@ def load_grader_spec(spec: dict | str | Path, base_dir: Path | None = None) -> d
 
 
 def build_grader(spec: dict | str | Path, item_fields: set[str] | None = None, base_dir: Path | None = None,
-                 response_format: dict | None = None) -> Grader:
+                 response_format: dict | None = None, model_cfg: Any = None) -> Grader:
     """Validate a grader object fully and build it; GraderConfigError (one line) on any problem.
 
     item_fields: the field names items have (e.g. {"id", "question", "answer", "reasoning"}); when given, a
     template naming another item field is refused here rather than failing on every sample.
+    base_dir: where a relative grader file, or a judge's relative `model` path, is read from (the project).
     response_format: when given, answers must be JSON matching it first (`response_format.py`).
+    model_cfg: the stage's `model` section (a `ModelConfig`): a judge model (score_model, label_model) runs on
+    its `device` in its `bf16` precision; None: auto and auto. Building loads no judge: the first grade does.
     """
     raw = load_grader_spec(spec, base_dir)
     name = raw.get("name")
@@ -85,7 +84,7 @@ def build_grader(spec: dict | str | Path, item_fields: set[str] | None = None, b
         raise GraderConfigError(f"{label}: missing 'name' (a non-empty string)")
     from reftflow.graders.pool import PoolRegistry
 
-    ctx = BuildContext(name, (), None if item_fields is None else set(item_fields), PoolRegistry())
+    ctx = BuildContext(name, (), None if item_fields is None else set(item_fields), PoolRegistry(), base_dir, model_cfg)
     if response_format is None:
         return ctx.build(raw)
     from reftflow.graders.response_format import ResponseFormatGrader, parse_response_format
@@ -97,8 +96,12 @@ def build_grader(spec: dict | str | Path, item_fields: set[str] | None = None, b
 class BuildContext:
     """Where a (sub-)grader sits in the spec, for error messages, plus what all graders share."""
 
-    def __init__(self, top: str, path: tuple[str, ...], item_fields: set[str] | None, pools: Any) -> None:
+    def __init__(self, top: str, path: tuple[str, ...], item_fields: set[str] | None, pools: Any,
+                 base_dir: Path | None = None, model_cfg: Any = None) -> None:
         self.top, self.path, self.item_fields, self.pools = top, path, item_fields, pools
+        # what a judge (score_model, label_model) needs: where its relative `model` path is read from,
+        # and the `model` section (device, bf16) it runs under
+        self.base_dir, self.model_cfg = base_dir, model_cfg
 
     @property
     def name(self) -> str:
@@ -117,7 +120,7 @@ class BuildContext:
         raise GraderConfigError(f"{self.where()}: {message}")
 
     def child(self, key: str) -> BuildContext:
-        return BuildContext(self.top, (*self.path, key), self.item_fields, self.pools)
+        return BuildContext(self.top, (*self.path, key), self.item_fields, self.pools, self.base_dir, self.model_cfg)
 
     def build(self, spec: Any) -> Grader:
         if not isinstance(spec, dict):
@@ -126,8 +129,6 @@ class BuildContext:
         if kind is None:
             self.fail("missing 'type'")
         builders = _builders()
-        if kind in _UNSUPPORTED:
-            self.fail(f"type '{kind}' {_UNSUPPORTED[kind]}")
         if kind not in builders:
             self.fail(f"unknown type {kind!r} (expected {', '.join(builders)})")
         name = spec.get("name", self.name)
@@ -165,6 +166,12 @@ class BuildContext:
             what = {"operation": "operation", "evaluation_metric": "evaluation_metric"}.get(key, key)
             self.fail(f"unknown {what} {value!r} (expected {', '.join(choices)})")
         return value
+
+    def integer(self, spec: dict, key: str, default: int, lo: int, hi: int) -> int:
+        value = spec.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"field {key!r} must be a whole number, got {value!r}")
+        return int(self.number(spec, key, default, lo, hi))
 
     def number(self, spec: dict, key: str, default: float, lo: float, hi: float) -> float:
         value = spec.get(key, default)
