@@ -215,6 +215,13 @@ class PPOConfig(_Optimizer):
     linear-probe critic; the policy is shaped by the policy loss alone)."""
     critic_warmup_steps: int = Field(0, ge=0)
     """the first N steps update only the value head (verl's `trainer.critic_warmup`)."""
+    filter_groups: bool = False
+    """update only on the questions that carry a signal: those whose advantages are not all zero, and (with
+    `sft_coef`) those with a full-marks answer to imitate. With a group baseline (group_zscore,
+    leave_one_out) a question whose K samples all score the same has advantage 0 and costs a forward and
+    backward for nothing; on a sharp warm-up that is most questions (DAPO's dynamic sampling, Yu et al.,
+    2025). No effect with gae, whose advantages are never all zero. One process only (DDP needs every
+    process to take the same number of updates)."""
     sft_coef: float = Field(0.0, ge=0)
     """adds sft_coef x the negative log-likelihood of the step's own full-marks answers to the loss: RAFT's
     signal inside PPO's update (self-imitation: Oh et al., 2018, "Self-Imitation Learning"; ReFT's loop has

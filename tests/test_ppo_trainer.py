@@ -106,3 +106,20 @@ def test_critic_options_warm_up_the_value_head_alone_then_train_with_the_own_ans
     second = next(it)
     assert any(not torch.equal(v, policy_before[k]) for k, v in trainer.lm.state_dict().items())
     assert math.isfinite(second["ppo/sft_nll"]) and 0.0 <= first["rl/mixed_questions"] <= 1.0
+
+
+def test_filter_groups_updates_only_on_questions_with_a_signal(sft, tmp_path):
+    """leave_one_out gives a question whose samples all score alike advantage 0: with filter_groups the
+    update skips it (and every question carries a signal for the own-answers term only if it has full marks)."""
+    def one_question_varies(texts, items):
+        return [float(i % 4 == 0) if i < 4 else 0.5 for i in range(len(texts))]  # question 0 mixed, the rest flat
+
+    from reftflow.rl import RLRun
+    from tests.helpers import FunctionGrader
+
+    cfg = rl_config("ppo", steps=1, questions_per_step=4, samples_per_question=4, max_new_tokens=8, minibatch_size=16,
+                    advantage_estimator="leave_one_out", whiten_advantages=False, filter_groups=True, kl_coef=0.0)
+    trainer = PPOTrainer(RLRun(sft, generate(16, seed=0), cfg, FunctionGrader(one_question_varies), tmp_path / "ppo",
+                               0, TINY.model_copy(update={"torch_threads": 1})))
+    (m,) = list(trainer.train())
+    assert m["ppo/questions_updated"] == 1.0 and m["rl/kl"] == 0.0 and m["time/forward_s"] < 0.05

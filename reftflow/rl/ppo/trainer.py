@@ -137,7 +137,8 @@ class PPOTrainer(OnlineTrainer):
         if step == 1 and self.resume_from is None and cfg.ppo.value_init == "mean_reward":
             self._value_from_mean_reward(batch)
         t0 = time.perf_counter()
-        ref_logp = self._reference_logprobs(batch)
+        # no KL penalty: no reference forward (the KL is then reported against the sampler itself, 0)
+        ref_logp = self._reference_logprobs(batch) if cfg.ppo.kl_coef > 0 else batch.old_logp
         t_forward = time.perf_counter() - t0
         kl, advantages, returns = self._advantages(batch, ref_logp)
         t0 = time.perf_counter()
@@ -220,8 +221,10 @@ class PPOTrainer(OnlineTrainer):
         mbq, R = self._minibatch_questions(), batch.response_length
         stats: dict[str, list[torch.Tensor]] = {}
         gen = torch.Generator().manual_seed(self._rng(step, "minibatch"))
+        kept = self._informative_questions(batch, advantages)
+        stats["ppo/questions_updated"] = [torch.tensor(float(len(kept)))]
         for _ in range(cfg.epochs):
-            groups = torch.randperm(batch.input_ids.shape[0] // K, generator=gen)
+            groups = kept[torch.randperm(len(kept), generator=gen)]
             for s in range(0, len(groups), mbq):
                 idx = (groups[s : s + mbq, None] * K + torch.arange(K)).flatten().to(acc.device)
                 with self.autocast():
@@ -253,6 +256,18 @@ class PPOTrainer(OnlineTrainer):
                              "ppo/sft_nll": sft.detach()}.items():
                     stats.setdefault(k, []).append(torch.as_tensor(v, dtype=torch.float32).detach().cpu())
         return stats
+
+    def _informative_questions(self, batch: Batch, advantages: torch.Tensor) -> torch.Tensor:
+        """The indices of the questions the update runs on: all of them, or with `rl.ppo.filter_groups` (one
+        process) those with a nonzero advantage or, when `sft_coef` > 0, a full-marks answer."""
+        K, cfg = self.cfg.samples_per_question, self.cfg.ppo
+        questions = torch.arange(batch.input_ids.shape[0] // K)
+        if not cfg.filter_groups or self.world_size > 1:
+            return questions
+        signal = (advantages != 0).any(1).reshape(-1, K).any(1).cpu()
+        if cfg.sft_coef:
+            signal |= (batch.scores >= FULL_MARKS).reshape(-1, K).any(1).cpu()
+        return questions[signal]
 
     @staticmethod
     def _own_answers_nll(logp: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
