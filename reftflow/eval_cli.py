@@ -268,25 +268,27 @@ def run_params(job: Job, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def log_run(job: Job, outcome: dict[str, Any], args: argparse.Namespace) -> str:
-    """One MLflow run holding the whole evaluation; returns its id."""
+def evaluate_in_run(job: Job, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The evaluation inside one MLflow run (its duration is the evaluation's), which then holds the
+    figures, every item and the report; returns (the outcome, the run's id)."""
     from reftflow import precision
     from reftflow.eval_report import log_report
     from reftflow.modeling import device_and_precision
     from reftflow.tracking import command_run
 
     names = " vs ".join(m.spec for m in job.models.values())
-    results = outcome["results"]
     with command_run(KIND, f"eval {names}"[:250], run_params(job, args), job.project) as run_log:
         run_log.set_tags({"reftflow.precision": precision.name(device_and_precision(job.params.model)[1])})
         run_log.log_dataset(args.data, Path(args.data).stem, context="evaluation")
+        outcome = evaluate(job)
+        results = outcome["results"]
         for label, res in results.items():
             run_log.log_metrics({f"{label}/{k}": v for k, v in res.metrics.items()})
         if "gain" in outcome:
             run_log.log_metrics({f"gain/{k}": v for k, v in outcome["gain"].items()})
         pair = ("compare", "model") if "gain" in outcome else None
         log_report(run_log, results, job.records, pair=pair)
-        return run_log.run_id
+        return outcome, run_log.run_id
 
 
 def _shown(m: Resolved) -> str:
@@ -309,7 +311,7 @@ def table(job: Job, outcome: dict[str, Any]) -> list[str]:
     if "gain" in outcome:
         rows.append(["difference", "--model - --compare (paired)"]
                     + [_interval(outcome["gain"], key, "+") for key in keys[:2]] + ["" for _ in keys[2:]])
-    head = ["", "model", *[key.replace("_", " ") + " [95 % interval]" for key in keys]]
+    head = ["", "model", *[key.replace("_at_", "@").replace("_", " ") + " [95 % interval]" for key in keys]]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
 
@@ -359,7 +361,6 @@ def _run(args: argparse.Namespace) -> int:
 
     quiet_loading()
     with prepared_job(args) as job:
-        outcome = evaluate(job)
-        run_id = log_run(job, outcome, args)
+        outcome, run_id = evaluate_in_run(job, args)
     print("\n".join(report_lines(job, outcome, run_id, args)))
     return 0

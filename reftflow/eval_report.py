@@ -79,15 +79,18 @@ def flips(before: EvalResult, after: EvalResult) -> tuple[list[int], list[int]]:
 def _cell(text: str, width: int, lines: int = 3, tail: bool = False) -> list[str]:
     """`text` on at most `lines` lines of `width` characters (whitespace collapsed); `tail` keeps the end,
     where a long chat prompt puts the question."""
-    flat = " ".join(str(text).split())
-    room = width * lines
-    if len(flat) > room:
-        flat = "…" + flat[-(room - 1):] if tail else flat[: room - 1] + "…"
-    return textwrap.wrap(flat, width, break_long_words=True, break_on_hyphens=False) or [""]
+    wrapped = textwrap.wrap(" ".join(str(text).split()), width - 1, break_on_hyphens=False) or [""]
+    if len(wrapped) <= lines:
+        return wrapped
+    if tail:
+        return ["…" + wrapped[-lines]] + wrapped[len(wrapped) - lines + 1:]
+    return wrapped[: lines - 1] + [wrapped[lines - 1] + "…"]
 
 
 WIDTHS = (12, 34, 32, 32)
 """characters per column of the flips figure: item id, prompt, and the two answers."""
+FONT = 10
+"""the flips figure's font size in points: readable where the MLflow UI shows the image at its own size."""
 
 
 def _flip_lines(title: str, shown: list[int], total: int, before: EvalResult, after: EvalResult,
@@ -122,8 +125,9 @@ def flips_figure(before: EvalResult, after: EvalResult, names: tuple[str, str]):
     lines += _flip_lines(f"passed by {names[1]} only", gained[:FLIPS_SHOWN], len(gained), before, after, names)
     lines += _flip_lines(f"passed by {names[0]} only", lost[:FLIPS_SHOWN], len(lost), before, after, names)
     width = sum(WIDTHS) + 2 * (len(WIDTHS) - 1)
-    fig = plt.figure(figsize=(0.068 * width + 0.4, 0.135 * len(lines) + 0.3))  # 8 pt monospace: its cell
-    fig.text(0.02, 0.98, "\n".join(lines), family="monospace", fontsize=8, va="top", ha="left")
+    # a monospace character is about 0.6 em wide and a line 1.2 em high (1 em = FONT points, 72 to the inch)
+    fig = plt.figure(figsize=(0.6 * FONT / 72 * width + 0.4, 1.2 * FONT / 72 * len(lines) + 0.3))
+    fig.text(0.02, 0.98, "\n".join(lines), family="monospace", fontsize=FONT, va="top", ha="left")
     return fig
 
 

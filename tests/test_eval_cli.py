@@ -54,7 +54,13 @@ def reftflow_eval(capsys, *argv) -> tuple[int, str, str]:
     """`reftflow eval ARGV` in this process (the command line's own entry), with what it printed."""
     from flows.cli import main
 
-    code = main(["eval", *map(str, argv)])
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        code = main(["eval", *map(str, argv)])
+    finally:  # mlflow.set_tracking_uri exports the project's store to the environment: not to later tests
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -169,7 +175,8 @@ def test_the_champion_against_models_sft_in_a_project_gives_the_evaluate_stage_s
     project = finished_project.project
     command = [str(Path(sys.executable).parent / "reftflow"), "eval", "--model", "models:/reftflow-policy@champion",
                "--data", "data/prepared/val.jsonl", "--compare", "models/sft"]
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")},
+           "XDG_CACHE_HOME": str(tmp_path)}  # the project's own store
     proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "models:/reftflow-policy@champion (reftflow-policy v1)" in proc.stdout
