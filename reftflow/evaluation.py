@@ -21,6 +21,8 @@ class EvalResult:
     (and, with sampled evaluation, the k sampled outputs, their scores and the majority's)."""
     passed: list[float] = field(default_factory=list)
     """per item, 1.0 when the greedy answer passed: what the paired gain resamples."""
+    threshold: float = FULL_MARKS
+    """the score at which an answer passes (`evaluate.pass_threshold`, at most full marks)."""
 
     @property
     def scores(self) -> list[float]:
@@ -75,7 +77,7 @@ def evaluate_model(model_dir: str | Path, records: list[Record], grader, max_new
     if sampling is not None and sampling.k > 0 and records:
         metrics.update(_sampled(model, tok, prompts, records, rows, grader, threshold, max_new_tokens, sampling,
                                 device, bf16))
-    return EvalResult(metrics, rows, passed)
+    return EvalResult(metrics, rows, passed, threshold)
 
 
 def _sampled(model, tok, prompts, records, rows, grader, threshold, max_new_tokens, sampling: Sampling, device,

@@ -64,9 +64,9 @@ def decide(eval_metrics: dict, cfg: GateConfig, champion_pass_rate: float | None
     }
 
 
-def noise(gain: dict) -> list[str]:
+def noise(gain: dict, items: str = "held-out items") -> list[str]:
     """A line for each gain whose 95 % interval includes zero: the held-out set cannot tell it from no
-    gain, and about how many items would (the interval narrows as 1/sqrt(n))."""
+    gain, and about how many items would (the interval narrows as 1/sqrt(n)). `items`: what they are."""
     from reftflow import stats
 
     lines = []
@@ -78,7 +78,7 @@ def noise(gain: dict) -> list[str]:
             continue
         need = stats.items_to_tell(diff, low, high, n)
         more = f"; about {need} items would tell a gain this size" if need else ""
-        lines.append(f"the {what} gain {diff:+.4f} cannot be told from zero on {n} held-out items "
+        lines.append(f"the {what} gain {diff:+.4f} cannot be told from zero on {n} {items} "
                      f"(95 % interval [{low:+.4f}, {high:+.4f}]){more}")
     return lines
 

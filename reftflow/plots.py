@@ -1,17 +1,24 @@
-"""Training curves as PNG figures for MLflow (people would rather look than read a CSV)."""
+"""Training curves as PNG figures for MLflow (people would rather look than read a CSV); the evaluation's
+report figures are reftflow/eval_report.py."""
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
 
-def curves_figure(rows: Sequence[Mapping[str, float]], keys: Sequence[str], title: str):
-    """One small panel per metric against `step`; keys missing from the rows are skipped."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: no display, never opens a window."""
     import matplotlib
 
-    matplotlib.use("Agg")  # no display; never opens a window
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def curves_figure(rows: Sequence[Mapping[str, float]], keys: Sequence[str], title: str):
+    """One small panel per metric against `step`; keys missing from the rows are skipped."""
+    plt = pyplot()
     keys = [k for k in keys if any(k in r for r in rows)]
     cols = max(1, min(3, len(keys)))
     nrows = max(1, -(-len(keys) // cols))

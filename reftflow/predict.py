@@ -43,7 +43,7 @@ def predict(request, uri: str, project_dir: str | Path = ".") -> list[str]:
     from reftflow.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(project_dir))
-    _quiet()
+    quiet_loading()
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as e:  # noqa: BLE001 - MLflow's errors for a missing model, version or alias
@@ -55,11 +55,14 @@ def predict(request, uri: str, project_dir: str | Path = ".") -> list[str]:
         raise InputError(f"{e} (pass the whole item with --json)") from None
 
 
-def _quiet() -> None:
-    """The answer is the output: no weight-loading progress bar around it."""
+def quiet_loading() -> None:
+    """The answer is the output: no weight-loading or artifact-download progress bars around it."""
+    import os
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each download
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -95,8 +95,10 @@ STAGES: dict[str, dict[str, Any]] = {
            "outs": ["models/rl"],
            "metrics": [{"metrics/rl.json": {"cache": False}}],
            "plots": [{"plots/rl_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},
-    "evaluate": {"deps": ["models/sft", "models/rl", "data/prepared/val.jsonl"],
-                 "params": ["seed", *_keys("evaluate"), "grader", "response_format",
+    # plots/rl_curve.csv: the RL curves go into the evaluation's report (reftflow/eval_report.py)
+    "evaluate": {"deps": ["models/sft", "models/rl", "data/prepared/val.jsonl", "plots/rl_curve.csv"],
+                 "params": ["seed", *[k for k in _keys("evaluate") if k != "evaluate.num_logged_samples"],  # not read
+                            "grader", "response_format",
                             *_keys("model", ["torch_threads", "device", "bf16"])],
                  "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},
     # the registered model renders requests as the data was rendered, and answers in as many tokens

@@ -340,6 +340,23 @@ def stage_run(stage: str, params: Mapping[str, Any] | None = None) -> Iterator[R
         yield logger
 
 
+@contextlib.contextmanager
+def command_run(kind: str, name: str, params: Mapping[str, Any], project_dir: str | Path = ".",
+                tags: Mapping[str, str] | None = None) -> Iterator[RunLogger]:
+    """A top-level run in the project's experiment for a subcommand that measures something (`reftflow
+    eval`), tagged `reftflow.kind` = `kind`: no pipeline run is its parent, and the runs list shows it
+    beside them."""
+    from reftflow.record import git_state
+
+    project = Path(project_dir).resolve()
+    mlflow = connect(project)
+    exp_id = _experiment_id(mlflow, os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT), project)
+    run_tags = {"reftflow.kind": kind, **source_tags(git_state(project, with_diff=False), f"reftflow {kind}"),
+                **(tags or {})}
+    with _run(mlflow, exp_id, name, run_tags, params, project) as logger:
+        yield logger
+
+
 PROJECT_TAG = "reftflow.project"
 
 

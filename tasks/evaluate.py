@@ -1,5 +1,6 @@
 """Stage `evaluate`: greedy held-out pass rate and mean grader score of the SFT model and the RL one
-(models/rl, whichever `rl.algorithm` trained it; its metrics go under `rl`)."""
+(models/rl, whichever `rl.algorithm` trained it; its metrics go under `rl`). Its MLflow run holds every
+item's result as a table and a report comparing the two (reftflow/eval_report.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from reftflow.stage import main
 
 def run(params: Params, _args) -> None:
     from reftflow.data.records import common_fields, read_records, write_jsonl
+    from reftflow.eval_report import log_report
     from reftflow.evaluation import Sampling, evaluate_model, gain
     from reftflow.graders import build_grader
     from reftflow.io import write_json
@@ -40,9 +42,8 @@ def run(params: Params, _args) -> None:
             run_log.log_metrics({f"{label}/{k}": v for k, v in metrics.items()})
         run_log.log_artifact(paths.EVAL_METRICS, "metrics")
         run_log.log_artifact(paths.PREDICTIONS, "predictions")
-        if cfg.num_logged_samples:
-            run_log.log_table([row for res in results.values() for row in res.rows[: cfg.num_logged_samples]],
-                              "eval/samples.json")
+        # every item, both models, as a table in the run; and the report images comparing them
+        log_report(run_log, results, val, pair=("sft", "rl"), curve=paths.RL_CURVE)
     g = report["gain"]
     print(f"evaluate ({precision.name(bf16)}): SFT pass rate {report['sft']['pass_rate']:.3f} "
           f"(score {report['sft']['mean_score']:.3f}), RL pass rate {report['rl']['pass_rate']:.3f} "

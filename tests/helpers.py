@@ -51,7 +51,7 @@ model: {hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64, max
 sft: {epochs: 1, batch_size: 8, max_steps: 3, logging_steps: 1, lr: 1.0e-3}
 rl: {steps: 2, questions_per_step: 4, samples_per_question: 2, max_new_tokens: 12, checkpoint_every: 1,
      ppo: {minibatch_size: 4, epochs: 1}, raft: {minibatch_size: 4, epochs: 1}, grpo: {minibatch_size: 4, epochs: 1}}
-evaluate: {max_new_tokens: 12, batch_size: 12, num_logged_samples: 3}
+evaluate: {max_new_tokens: 12, batch_size: 12}
 gate: {min_pass_rate: 0.0, min_gain: -1.0}
 """
 

@@ -4,7 +4,10 @@
 - the experiment's runs list shows the parent run, and opening it shows its five stage children;
 - the rl run's charts show the reward and validation curves, with every logged point;
 - the gate report artifact opens and renders;
-- the registered model's page shows version 1 as `@champion`.
+- the registered model's page shows version 1 as `@champion`;
+- the evaluate run's per-item table (eval/items.json, logged with MLflow's log_table) opens as a table with
+  every column, and paging through it shows every item of both models in order;
+- the evaluate run's report images (score histograms, flipped items, RL curves) open at their full size.
 
 The UI is a React app: every step waits for what a person would wait for (a name, a chart, a
 heading), never a fixed time. The browser may only talk to 127.0.0.1: any other request is
@@ -210,3 +213,66 @@ def test_the_registered_model_page_shows_the_champion(page, mlflow_ui, shots):
     expect(version).to_contain_text("@ champion")
     expect(version).to_contain_text("validation")
     page.screenshot(path=shots / "mlflow-champion.png")
+
+
+def _logged_table(finished_project, run_id: str, path: str) -> list[dict]:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{finished_project.project / 'mlflow.db'}")
+    table = json.loads(Path(client.download_artifacts(run_id, path)).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def test_the_evaluate_run_shows_every_item_as_a_table(page, mlflow_ui, runs, finished_project, shots):
+    from playwright.sync_api import expect
+
+    logged = _logged_table(finished_project, runs["evaluate"], "eval/items.json")
+    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['evaluate']}/artifacts{ML}")
+    page.locator('[data-testid=artifact-tree-node][artifact-name="eval"]').click()
+    page.locator('[data-testid=artifact-tree-node][artifact-name="items.json"]').click()
+    # MLflow knows it logged a table, so it shows one (not JSON text): every column, in the order logged
+    expect(page.get_by_role("checkbox", name="View as table")).to_be_checked()
+    grid = page.get_by_role("table")
+    expect(grid.get_by_role("columnheader")).to_have_text(list(logged[0]))
+    page.screenshot(path=shots / "mlflow-eval-items.png")
+    seen, rows, following = [], grid.get_by_role("row"), page.locator('li[title="Next Page"]')
+    while True:  # a page holds what fits the window: page through all of them
+        expect(rows.nth(1)).to_be_visible()
+        for r in range(1, rows.count()):
+            seen.append(tuple(rows.nth(r).get_by_role("cell").nth(c).inner_text() for c in range(3)))
+        if following.get_attribute("aria-disabled") == "true":
+            break
+        first = rows.nth(1).inner_text()
+        following.click()
+        expect(rows.nth(1)).not_to_have_text(first)
+    # a number as the UI's JavaScript writes it (1 for 1.0; the shortest digits that read back otherwise)
+    shown = [(row["model"], row["id"], str(int(row["score"])) if row["score"] == int(row["score"]) else repr(row["score"]))
+             for row in logged]
+    assert seen == shown
+    assert {row["model"] for row in logged} == {"sft", "rl"}
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    import struct
+
+    return struct.unpack(">II", path.read_bytes()[16:24])  # the IHDR chunk: width, height
+
+
+@pytest.mark.parametrize("name", ["scores.png", "flips.png", "rl_curves.png"])
+def test_the_evaluate_run_shows_its_report_images(page, mlflow_ui, runs, finished_project, shots, name):
+    from playwright.sync_api import expect
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{finished_project.project / 'mlflow.db'}")
+    width, height = _png_size(Path(client.download_artifacts(runs["evaluate"], f"report/{name}")))
+    page.goto(f"{mlflow_ui}/#/experiments/{runs['experiment']}/runs/{runs['evaluate']}/artifacts{ML}")
+    page.locator('[data-testid=artifact-tree-node][artifact-name="report"]').click()
+    page.locator(f'[data-testid=artifact-tree-node][artifact-name="{name}"]').click()
+    image = page.get_by_role("img", name=f"report/{name}", exact=True)
+    expect(image).to_be_visible()
+    # decoded whole: the browser has the figure's own pixels, not a broken-image icon
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [width, height]
+    page.screenshot(path=shots / f"mlflow-eval-{name.replace('_', '-')}")
