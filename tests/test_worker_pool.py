@@ -9,9 +9,7 @@ MLflow record. Nothing here is mocked; Docker and Kubernetes pools are not run (
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from reftflow.servers import answers, stop_group
 from tests.helpers import TINY_PARAMS, free_port, make_project, pipeline_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -31,19 +30,7 @@ def _start(cmd: list[str], env: dict, log: Path, cwd: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def _wait_for_server(url: str, proc: subprocess.Popen, log: Path) -> None:
-    from reftflow.servers import answers
-
     deadline = time.time() + 240  # a fresh DB is migrated first
     while not answers(url):
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -98,7 +85,7 @@ def test_a_worker_runs_the_deployment_registered_in_a_work_pool(tmp_path):
     finally:
         for proc in (worker, server):
             if proc is not None:
-                _stop(proc)
+                stop_group(proc)
 
     worker_log = (tmp_path / "worker.log").read_text()
     assert run.state.type.value == "COMPLETED", worker_log[-4000:]
@@ -164,7 +151,7 @@ def test_job_variables_reach_a_docker_pool_the_user_made(tmp_path):
         with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("reftflow-pipeline/in-docker")
     finally:
-        _stop(server)
+        stop_group(server)
     assert dep.work_pool_name == "reftflow-docker" and dep.parameters["project_dir"] == "/srv/reftflow/proj"
     assert dep.job_variables["image"] == "reftflow:0.1.0" and dep.job_variables["volumes"] == variables["volumes"]
     assert dep.job_variables["env"]["MLFLOW_TRACKING_URI"] == "http://tracking.lan:5000"
