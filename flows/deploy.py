@@ -166,9 +166,9 @@ def ensure_pool(name: str, pool_type: str) -> str:
             pass
         worker = BaseWorker.get_worker_class_from_type(pool_type)
         if worker is None:
-            raise InputError(f"--pool-type {pool_type!r}: no worker of that type is installed here (docker: pip install "
-                             "prefect-docker; kubernetes: pip install prefect-kubernetes), or create the pool yourself: "
-                             f"prefect work-pool create {name} --type {pool_type}")
+            raise InputError(f"--pool-type {pool_type!r}: no worker of that type is installed here (docker: pip "
+                             "install prefect-docker; kubernetes: pip install prefect-kubernetes), or create the pool "
+                             f"yourself: prefect work-pool create {name} --type {pool_type}")
         try:
             client.create_work_pool(WorkPoolCreate(name=name, type=pool_type,
                                                    base_job_template=worker.get_default_base_job_template()))

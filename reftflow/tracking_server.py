@@ -1,8 +1,8 @@
 """`reftflow tracking-server`: one MLflow tracking server for several machines, on a real PostgreSQL.
 
-    reftflow tracking-server                                   # http://127.0.0.1:5000, data in ~/.reftflow/tracking-server
+    reftflow tracking-server                       # http://127.0.0.1:5000, data in ~/.reftflow/tracking-server
     reftflow tracking-server --host 0.0.0.0 --allowed-hosts tracking.lan:5000
-    make mlflow-server                                         # the same as the first line
+    make mlflow-server                             # the same as the first line
 
 PostgreSQL 16 comes from the `pgserver` wheel (pip install 'reftflow[server]'): no system install, its
 data in DIR/pgdata, reached by MLflow over a unix socket only (it listens on no TCP port). MLflow proxies
@@ -65,7 +65,8 @@ def postgres(pgdata: Path) -> Iterator[str]:
     try:
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
     except Exception as e:  # noqa: BLE001 - initdb or pg_ctl failed: their log has the rest
-        raise ServerFailed(f"PostgreSQL did not start on {pgdata} ({type(e).__name__}: {e}; see {pgdata / 'log'})") from None
+        raise ServerFailed(f"PostgreSQL did not start on {pgdata} ({type(e).__name__}: {e}; see "
+                           f"{pgdata / 'log'})") from None
     try:
         _create_database(server.get_uri(), DATABASE)
         yield server.get_uri(DATABASE)
@@ -127,13 +128,17 @@ def serve(directory: Path, host: str, port: int, artifacts: str | None, workers:
     """Start PostgreSQL and MLflow, say how to reach them, and wait until stopped."""
     if not 0 < port < 65536:
         raise InputError(f"--port {port}: not a TCP port (1-65535)")
+    if workers < 1:
+        raise InputError(f"--workers {workers}: at least 1")
     directory = directory.expanduser().resolve()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"--dir {directory}: cannot create it ({e.strerror})") from None
     check_port(host, port)
-    artifacts = artifacts or str(directory / "artifacts")
+    # a path made absolute: the printed line and MLflow (which resolves it against its own directory) agree
+    artifacts = artifacts if artifacts and "://" in artifacts else str(Path(artifacts or directory / "artifacts")
+                                                                      .expanduser().resolve())
     url = client_url(host, port)
     with postgres(directory / "pgdata") as backend:
         cmd = mlflow_command(backend, artifacts, host, port, workers, allowed_hosts)

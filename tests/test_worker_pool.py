@@ -133,9 +133,9 @@ def test_job_variables_reach_a_docker_pool_the_user_made(tmp_path):
                                   "--project-dir", str(project)], cwd=tmp_path, env=env, capture_output=True, text=True,
                                  timeout=300)
         assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
-            "reftflow serve: error: --pool-type 'docker': no worker of that type is installed here (docker: pip install "
-            "prefect-docker; kubernetes: pip install prefect-kubernetes), or create the pool yourself: prefect "
-            "work-pool create new-docker --type docker"], missing.stderr
+            "reftflow serve: error: --pool-type 'docker': no worker of that type is installed here (docker: pip "
+            "install prefect-docker; kubernetes: pip install prefect-kubernetes), or create the pool yourself: "
+            "prefect work-pool create new-docker --type docker"], missing.stderr
         _make_docker_pool(url, "reftflow-docker")
         variables = {"image": "reftflow:0.1.0", "volumes": ["/srv/reftflow/proj:/srv/reftflow/proj"],
                      "env": {"MLFLOW_TRACKING_URI": "http://tracking.lan:5000"}}
