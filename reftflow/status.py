@@ -2,8 +2,9 @@
 
 Stale is DVC's answer (`dvc status`: a stage whose own code, inputs, params or outputs changed; the
 stages downstream of it run again when its outputs change). The last run is the newest MLflow
-parent run (tag reftflow.kind = pipeline) with its gate decision; the champion is the registered
-model version aliased `champion`, with the metrics of the pipeline run that promoted it.
+parent run (tag reftflow.kind = pipeline) that trained the project's registered model, with its gate
+decision; the champion is the registered model version aliased `champion`, with the metrics of the
+pipeline run that promoted it.
 
     reftflow status
     reftflow status --project-dir /tmp/g
@@ -80,10 +81,13 @@ def downstream(project_dir: str | Path, stages: list[str]) -> list[str]:
     return [s for s in spec if s in found and s not in stages]
 
 
-def last_run(client) -> Any | None:
+def last_run(client, name: str) -> Any | None:
+    """The newest pipeline run that trained the registered model `name`: on a tracking server that several
+    projects share, this project's (and its clones' on other machines), not whichever ran last."""
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="tags.`reftflow.kind` = 'pipeline'", order_by=["start_time DESC"],
-                              max_results=1)
+                              filter_string="tags.`reftflow.kind` = 'pipeline' and "
+                                            f"params.`gate.registered_model_name` = '{name}'",
+                              order_by=["start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
@@ -124,9 +128,9 @@ def report(project_dir: str | Path = ".") -> str:
         lines.append("stale (DVC): nothing; every stage is up to date")
     uri = tracking_uri(project)
     client = MlflowClient(tracking_uri=uri)
-    run = last_run(client)
+    run = last_run(client, name)
     if run is None:
-        lines.append(f"last run: none in {uri}")
+        lines.append(f"last run: none of {name} in {uri}")
     else:
         tags = run.data.tags
         took = f", {(run.info.end_time - run.info.start_time) / 1000:.0f} s" if run.info.end_time else ""

@@ -39,10 +39,13 @@ def ui_command(project_dir: str | Path = ".") -> str:
     """How to look at the results: the venv's own mlflow, so it works without activating anything."""
     import sys
 
+    uri = tracking_uri(project_dir)
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        return f"open {uri} and pick \"Model training\" in its sidebar"
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     # MLflow 3.17 opens an experiment on its GenAI view whatever the experiment's kind tag says: the
     # sidebar's switch decides (README, "The two commands")
-    return (f"make ui  (or: {mlflow_bin} ui --backend-store-uri {tracking_uri(project_dir)} --port 5000)"
+    return (f"make ui  (or: {mlflow_bin} ui --backend-store-uri {uri} --port 5000)"
             "  then open http://127.0.0.1:5000 and pick \"Model training\" in its sidebar")
 
 

@@ -132,6 +132,20 @@ CASES = [
     ("cli-example", {"argv": ["init", "{P}/new", "--example", "chess"]}, "cli", "--example 'chess': no such example"),
     ("cli-init-not-empty", {"argv": ["init", "{P}"]}, "cli", "not empty"),
     ("cli-data-check", {"argv": ["data", "check", "{P}/missing.jsonl"]}, "cli", "missing.jsonl"),
+    ("cli-init-remote", {"argv": ["init", "{P}/new", "--remote", " "]}, "cli", "--remote: empty"),
+    # more than one machine: a work pool's options, the Prefect server workers need, the tracking server
+    ("cli-serve-pool-only", {"argv": ["serve", "--project-dir", "{P}", "--worker-project-dir", "/srv/p"]}, "cli",
+     "--worker-project-dir is only for --pool"),
+    ("cli-serve-job-variables", {"argv": ["serve", "--project-dir", "{P}", "--pool", "p", "--job-variables", "{image"]},
+     "cli", "--job-variables: not JSON"),
+    ("cli-serve-worker-dir", {"argv": ["serve", "--project-dir", "{P}", "--pool", "p", "--worker-project-dir", "p"]},
+     "cli", "--worker-project-dir 'p': must be an absolute path"),
+    ("cli-serve-no-server", {"argv": ["serve", "--project-dir", "{P}", "--pool", "p", "--port", "9"]}, "cli",
+     "--pool: no Prefect server answers at http://127.0.0.1:9/api"),
+    ("cli-tracking-server-dir", {"argv": ["tracking-server", "--dir", "{P}/params.yaml/srv"]}, "cli",
+     "params.yaml/srv: cannot create it"),
+    ("cli-tracking-server-port", {"argv": ["tracking-server", "--dir", "{P}/srv", "--port", "70000"]}, "cli",
+     "--port 70000: not a TCP port"),
 ]
 
 

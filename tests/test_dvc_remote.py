@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from reftflow.config import load_params
-from reftflow.project import REMOTE_DIR, REMOTE_NAME
+from reftflow.project import REMOTE_DIR, REMOTE_NAME, SHARED_REMOTE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -54,6 +54,23 @@ def test_the_repo_and_every_new_project_have_a_default_remote_ignored_by_git(tmp
     (tmp_path / "p" / REMOTE_DIR / "x").write_text("pushed data")
     ignored = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path / "p", capture_output=True, text=True)
     assert ignored.stdout == ""
+
+
+def test_init_with_a_shared_remote_makes_it_the_default_in_every_clone(tmp_path):
+    """`reftflow init --remote`: a remote outside the project (a relative path is made absolute against
+    the caller's directory, not the project's), committed in .dvc/config, so a git clone pushes and pulls
+    the same one."""
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "init", "p", "--remote", "shared/remote"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    subprocess.run(["git", "clone", "-q", str(tmp_path / "p"), str(tmp_path / "clone")], check=True)
+    for project in (tmp_path / "p", tmp_path / "clone"):
+        assert _dvc(project, "remote", "default").stdout.strip() == SHARED_REMOTE
+        assert _dvc(project, "remote", "list").stdout.split()[:2] == [SHARED_REMOTE, str(tmp_path / "shared/remote")]
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "init", str(tmp_path / "s3"), "--remote",
+                           "s3://bucket/reftflow"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert _dvc(tmp_path / "s3", "remote", "list").stdout.split()[:2] == [SHARED_REMOTE, "s3://bucket/reftflow"]
 
 
 def test_push_reports_a_missing_remote_or_a_failed_push_and_never_raises(tmp_path):
