@@ -312,9 +312,6 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(100, ge=1)
     max_samples: int = Field(0, ge=0)
     """0: the whole val set."""
-    num_logged_samples: int | None = Field(None, ge=0)
-    """no longer read: every evaluation logs all its items to MLflow (the table eval/items.json). Accepted so
-    that a project made before, whose params.yaml and dvc.yaml name it, still runs."""
     samples_per_item: int = Field(0, ge=0)
     """k > 0: also k sampled answers per item at `temperature`, for the sampled pass rate, pass@k (any of
     the k passes) and maj@k (the most common final answer passes: ReFT's voting); 0: greedy only."""

@@ -97,7 +97,7 @@ STAGES: dict[str, dict[str, Any]] = {
            "plots": [{"plots/rl_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},
     # plots/rl_curve.csv: the RL curves go into the evaluation's report (reftflow/eval_report.py)
     "evaluate": {"deps": ["models/sft", "models/rl", "data/prepared/val.jsonl", "plots/rl_curve.csv"],
-                 "params": ["seed", *[k for k in _keys("evaluate") if k != "evaluate.num_logged_samples"],  # not read
+                 "params": ["seed", *_keys("evaluate"),
                             "grader", "response_format",
                             *_keys("model", ["torch_threads", "device", "bf16"])],
                  "outs": ["data/predictions/val.jsonl"], "metrics": [{"metrics/eval.json": {"cache": False}}]},
