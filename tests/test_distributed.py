@@ -74,3 +74,43 @@ def test_trl_trainers_get_fsdp2_with_whole_state_dicts_and_fsdps_own_checkpointi
     assert args.fsdp_config["version"] == 2 and args.fsdp_config["state_dict_type"] == "FULL_STATE_DICT"
     assert args.fsdp_config["activation_checkpointing"] is True and args.activation_checkpointing is False
     assert args.fsdp  # transformers keeps the strategy in fsdp_config and the switch here
+
+
+def _agree(rank: int, port: int, values: list, out) -> None:
+    import torch.distributed as dist
+
+    from reftflow.distributed import same_everywhere
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        same_everywhere(values[rank], "the PPO checkpoint to resume")
+        out.put((rank, "agreed"))
+    except InputError as e:
+        out.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("values, agreed", [(["step-000002", "step-000002"], True), (["step-000002", None], False)])
+def test_processes_that_would_resume_different_checkpoints_stop_with_one_line(values, agreed):
+    """Two real processes over gloo: one sees a checkpoint the other does not (a `checkpoints/` that is not
+    shared between machines); both stop before any step instead of training different steps."""
+    import multiprocessing as mp
+
+    from tests.helpers import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_agree, args=(r, port, values, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    said = dict(out.get(timeout=5) for _ in procs)
+    if agreed:
+        assert said == {0: "agreed", 1: "agreed"}
+    else:
+        assert said[0] == said[1] == (
+            "the PPO checkpoint to resume differs between the processes (rank 0: step-000002, rank 1: None): on "
+            "several machines the project's checkpoints/ must be on a filesystem they all see (or remove it to "
+            "start over)")
