@@ -5,7 +5,7 @@ over several processes and machines.
 plain `python -m tasks.rl` sets neither and is the only (main) process.
 
 A stage asked for several processes (`sft.num_processes`, `rl.num_processes`: the world size, every
-machine's processes together) relaunches itself under torchrun (`relaunch`). How those processes are
+machine's processes together) relaunches itself under torchrun (`launch`). How those processes are
 laid out over machines comes from the environment, not params.yaml: the same project runs on every
 machine and only the node rank differs, and the trained weights depend on the world size alone
 (tests/test_multinode.py: 2 machines x 1 process train the weights 1 x 2 train), so DVC, which
@@ -120,17 +120,22 @@ def torchrun_command(stage: str, processes: int, params_file: str, where: Layout
             f"--rdzv_endpoint={where.endpoint}", f"--rdzv_id=reftflow-{stage}", "--max_restarts=0", *tail]
 
 
-def wants_relaunch(processes: int, where: Layout) -> bool:
-    """Whether a stage asked for `processes` must run under torchrun rather than in this process."""
-    return not launched() and (processes > 1 or where.nnodes > 1)
-
-
-def relaunch(stage: str, processes: int, params_file: str, key: str) -> int:
-    """Run `tasks.<stage>` under torchrun (this machine's share of `processes`); its exit code."""
+def launch(stage: str, processes: int, params_file: str, key: str) -> int | None:
+    """Where a stage asked for `processes` processes (`key` names the setting) trains: None in this
+    process (one process on node 0, or a process torchrun already started), else the exit code of this
+    machine's share run under torchrun. A one-process stage runs on node 0 alone: another machine has
+    nothing to join and says so, exit 0 (its `python -m tasks.sft && python -m tasks.rl` goes on)."""
     import subprocess
 
-    cmd = torchrun_command(stage, processes, params_file, layout(), key)
-    return subprocess.run(cmd).returncode
+    if launched():
+        return None
+    where = layout()
+    if processes == 1:
+        if where.node_rank == 0:
+            return None
+        print(f"{stage}: {key} is 1, so the stage runs on node 0 alone: nothing for node {where.node_rank} to join")
+        return 0
+    return subprocess.run(torchrun_command(stage, processes, params_file, where, key)).returncode
 
 
 def same_everywhere(value, what: str) -> None:

@@ -21,15 +21,16 @@ CURVE_FIELDS = ["step", "loss", "learning_rate", "grad_norm", "mean_token_accura
 
 def run(params: Params, args) -> None:
     from reftflow.data.records import read_records
-    from reftflow.distributed import is_main_process, layout, relaunch, wants_relaunch
+    from reftflow.distributed import is_main_process, launch
     from reftflow.io import write_csv, write_json
     from reftflow import precision
     from reftflow.modeling import device_and_precision
     from reftflow.sft import train_sft
     from reftflow.tracking import stage_run
 
-    if wants_relaunch(params.sft.num_processes, layout()):  # this machine's share of the processes, under torchrun
-        raise SystemExit(relaunch("sft", params.sft.num_processes, args.params, "sft.num_processes"))
+    code = launch("sft", params.sft.num_processes, args.params, "sft.num_processes")  # under torchrun?
+    if code is not None:
+        raise SystemExit(code)
     bf16 = device_and_precision(params.model)[1]
     records = read_records(paths.TRAIN) + (read_records(paths.SFT_DATA) if paths.SFT_DATA.exists() else [])
     curve: list[dict[str, float]] = []

@@ -45,13 +45,26 @@ def test_one_machine_is_standalone_and_torchruns_own_variables_count():
     ({"REFTFLOW_RDZV_BACKEND": "etcd"}, 2, "REFTFLOW_RDZV_BACKEND: expected static or c10d (got 'etcd')"),
     ({"REFTFLOW_NNODES": "2", "REFTFLOW_RDZV_ENDPOINT": "h:1"}, 3,
      "rl.num_processes=3 is not a multiple of REFTFLOW_NNODES=2"),
-    ({"REFTFLOW_NNODES": "2", "REFTFLOW_RDZV_ENDPOINT": "h:1"}, 1,
-     "rl.num_processes=1 is not a multiple of REFTFLOW_NNODES=2"),
 ])
 def test_a_bad_setting_is_one_line_naming_it(env, processes, message):
     with pytest.raises(InputError) as err:
         torchrun_command("rl", processes, "params.yaml", layout(env), "rl.num_processes")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_one_process_stage_runs_on_node_0_and_the_other_machines_have_nothing_to_join(monkeypatch, capsys):
+    """e.g. sft on one GPU while rl spans the machines: the same environment on every machine for both."""
+    from reftflow.distributed import launch
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("REFTFLOW_NNODES", "2")
+    monkeypatch.setenv("REFTFLOW_RDZV_ENDPOINT", "127.0.0.1:1")
+    monkeypatch.setenv("REFTFLOW_NODE_RANK", "0")
+    assert launch("sft", 1, "params.yaml", "sft.num_processes") is None  # trains in this process
+    monkeypatch.setenv("REFTFLOW_NODE_RANK", "1")
+    assert launch("sft", 1, "params.yaml", "sft.num_processes") == 0
+    assert capsys.readouterr().out == ("sft: sft.num_processes is 1, so the stage runs on node 0 alone: nothing for "
+                                       "node 1 to join\n")
 
 
 def test_the_stage_refuses_a_bad_layout_with_exit_2_before_it_reads_anything(tmp_path):
