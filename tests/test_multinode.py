@@ -2,7 +2,7 @@
 launchers meet at a rendezvous endpoint on 127.0.0.1, DDP over gloo (real processes, nothing mocked).
 
 Two machines of one process train exactly the weights one machine of two processes trains, with our
-PPO and with TRL's GRPO: a process's work depends on its global rank and the world size (its share of
+PPO, TRL's SFT and TRL's GRPO: a process's work depends on its global rank and the world size (its share of
 the questions or batches, its seeds), never on which machine it runs on, and the gradient all-reduce over
 2 processes adds the same two numbers either way. That is why the layout lives in the environment and not in params.yaml (README, "Training on
 several nodes").
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.helpers import ROOT, TINY_PARAMS, free_port, make_policy, make_project, set_params
@@ -96,29 +97,37 @@ def _model_hash(model_dir: Path) -> str:
 
 
 def test_the_stages_run_on_two_machines_node_0_records_them_and_grpo_trains_what_one_machine_trains(tmp_path):
-    """The stage entry points, as each machine runs them; TRL's GRPOTrainer for rl (our PPO is above)."""
+    """The stage entry points, as each machine runs them; TRL's SFTTrainer, and its GRPOTrainer for rl (our PPO
+    is above). GRPO learns only from reward differences within a question's samples: the tiny untrained
+    model's answers all score alike on the numeric grader, so a graded similarity to the answer makes
+    the steps move the weights (the models compared are not the SFT model)."""
     project = make_project(tmp_path / "proj", TINY_PARAMS)
     set_params(project, sft={"num_processes": 2}, rl={"algorithm": "grpo", "num_processes": 2})
+    params = yaml.safe_load((project / "params.yaml").read_text())  # the grader replaced, not merged
+    params["grader"] = {"type": "text_similarity", "name": "close", "input": "{{ sample.output_text }}",
+                        "reference": "{{ item.answer }}", "evaluation_metric": "fuzzy_match"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = _env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(project))
-    prepare = subprocess.run([sys.executable, "-m", "tasks.prepare"], cwd=project, env=env, capture_output=True,
-                             text=True, timeout=120)
-    assert prepare.returncode == 0, prepare.stderr[-2000:]
+    models = {}
+    for stage in ("prepare", "sft", "rl"):  # 1 machine x 2 processes (rl.num_processes: 2 on this one)
+        one = subprocess.run([sys.executable, "-m", f"tasks.{stage}"], cwd=project, env=env, capture_output=True,
+                             text=True, timeout=240)
+        assert one.returncode == 0, one.stderr[-3000:]
+        models[stage] = _model_hash(project / f"models/{stage}") if stage != "prepare" else None
     sft = _stage_on_two_machines(project, "sft", env)
-    one = subprocess.run([sys.executable, "-m", "tasks.rl"], cwd=project, env=env, capture_output=True, text=True,
-                         timeout=240)  # rl.num_processes: 2 on this machine alone
-    assert one.returncode == 0, one.stderr[-3000:]
-    one_machine = _model_hash(project / "models/rl")
+    assert _model_hash(project / "models/sft") == models["sft"]  # 2 machines x 1 process = 1 x 2
     rl = _stage_on_two_machines(project, "rl", env)
     # node 0 holds global rank 0 (static rendezvous): it alone reports, writes and logs
     assert "sft (" in sft[0].stdout and "sft (" not in sft[1].stdout
     assert "rl (grpo, " in rl[0].stdout and "2 steps" in rl[0].stdout and "rl (" not in rl[1].stdout
     for out in ("models/sft/model.safetensors", "models/rl/model.safetensors", "metrics/sft.json", "metrics/rl.json"):
         assert (project / out).exists(), out
-    assert _model_hash(project / "models/rl") == one_machine  # 2 machines x 1 process = 1 x 2
+    assert _model_hash(project / "models/rl") == models["rl"] != models["sft"]  # = 1 x 2, and trained
+    print(f"1 x 2 = 2 x 1: sft sha256 {models['sft']}, rl (grpo) sha256 {models['rl']}")
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    # one MLflow run per stage run, however many processes: rl ran twice (1 x 2, then 2 x 1)
-    assert sorted(r.data.tags["reftflow.stage"] for r in runs) == ["prepare", "rl", "rl", "sft"]
+    # one MLflow run per stage run, however many processes: sft and rl ran twice (1 x 2, then 2 x 1)
+    assert sorted(r.data.tags["reftflow.stage"] for r in runs) == ["prepare", "rl", "rl", "sft", "sft"]
     last_rl = max((r for r in runs if r.data.tags["reftflow.stage"] == "rl"), key=lambda r: r.info.start_time)
     assert [m.step for m in client.get_metric_history(last_rl.info.run_id, "train_reward_mean")] == [1, 2]
