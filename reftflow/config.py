@@ -133,6 +133,13 @@ class ModelConfig(_Section):
     lora: LoRAConfig | None = None
     """null: full fine-tuning (the tiny model's default); a mapping: LoRA adapters in SFT and RL, merged
     into the saved model."""
+    fsdp: bool = False
+    """shard the weights, gradients and optimizer state over a stage's processes (FSDP2, through
+    accelerate's FullyShardedDataParallelPlugin) instead of a whole copy on each (DDP): for a model whose
+    training state does not fit one device. Full fine-tuning; sft (TRL's `fsdp`), rl ppo (our Accelerator,
+    which gathers the whole policy to sample) and rl grpo (TRL's); nothing to shard on one process
+    (`sft.num_processes`, `rl.num_processes`). On a CPU our PPO shards too, TRL's Trainers stay DDP
+    (accelerate 1.16 drops the plugin there: reftflow/fsdp.py)."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -157,6 +164,17 @@ class SFTConfig(_Section):
     checkpoint_every: int = Field(100, ge=0)
     """a resumable Trainer checkpoint (model, optimizer, scheduler, RNG) every N steps and at the end,
     under checkpoints/sft/; a killed run resumes from it. 0: none (a killed run starts over)."""
+    num_processes: int = Field(1, ge=1)
+    """>1: the stage relaunches itself under torchrun with this many processes in all, over every machine
+    (REFTFLOW_NNODES in the environment: README "Several processes or GPUs"); TRL's Trainer runs DDP (or
+    FSDP with `model.fsdp`); rank 0 logs and saves. `batch_size` stays the batch of one optimizer step."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SFTConfig:
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of num_processes {self.num_processes} "
+                             "(each process takes an equal share of every batch)")
+        return self
 
 
 class _Optimizer(_Section):
@@ -260,8 +278,9 @@ class RLConfig(_Section):
     temperature: float = Field(1.0, gt=0, le=10)
     max_new_tokens: int = Field(48, ge=1)
     num_processes: int = Field(1, ge=1)
-    """>1: the stage relaunches itself under torchrun with this many processes (DDP over gloo on CPU,
-    NCCL on GPUs): rollouts sharded, gradients all-reduced, rank 0 logs and saves."""
+    """>1: the stage relaunches itself under torchrun with this many processes in all, over every machine
+    (REFTFLOW_NNODES in the environment: README "Several processes or GPUs"); DDP over gloo on CPU, NCCL
+    on GPUs (FSDP with `model.fsdp`): rollouts sharded, gradients all-reduced, rank 0 logs and saves."""
     checkpoint_every: int = Field(20, ge=0)
     """save a resumable checkpoint every N steps (0: never)."""
     eval_interval: int = Field(25, ge=0)
@@ -353,6 +372,21 @@ class Params(_Section):
     """answers must be JSON matching this (OpenAI's {type: json_schema, json_schema: {name, schema}} or
     {type: json_object}); one that does not scores 0 and counts as a parse error."""
 
+    @model_validator(mode="after")
+    def _check(self) -> Params:
+        if not self.model.fsdp:
+            return self
+        if self.rl.algorithm == "raft":
+            raise ValueError("model.fsdp: rl.algorithm raft runs on one process and has nothing to shard over: "
+                             "use ppo or grpo, or set model.fsdp to false")
+        if self.rl.eval_interval:
+            raise ValueError("model.fsdp needs rl.eval_interval: 0: validation during RL generates on rank 0 alone, "
+                             "which holds only its shard of the policy (the evaluate stage measures the held-out set)")
+        if self.model.lora is not None:
+            raise ValueError("model.fsdp with model.lora: sharding is for full fine-tuning (LoRA's trainable state "
+                             "is small, and DDP replicates only the frozen base): set one of them")
+        return self
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`, a classic trap)."""
@@ -401,6 +435,8 @@ def read_yaml(path: str | Path) -> Any:
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"]
+    if not err["loc"] and err["type"].startswith("value_error"):  # a rule across sections names its keys itself
+        return msg.removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if err["type"].startswith("value_error"):

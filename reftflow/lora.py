@@ -90,11 +90,12 @@ def load_for_training(policy_path: str | Path, cfg: LoRAConfig | None, resume_fr
     return inner(peft), peft, tokenizer
 
 
-def save_weights(path: str | Path, lm, peft, tokenizer, final: bool) -> None:
+def save_weights(path: str | Path, lm, peft, tokenizer, final: bool, state_dict: dict | None = None) -> None:
     """A checkpoint keeps the adapters alone (resumed on top of the same base); the final save writes
-    the merged, plain model."""
+    the merged, plain model. `state_dict`: the plain model's whole state, written instead of `lm`'s own
+    (a sharded model's: reftflow/fsdp.py; never with LoRA, config.py refuses the pair)."""
     if peft is not None and not final:
         peft.save_pretrained(str(path))
     else:
-        (merged(peft, in_place=True) if peft is not None else lm).save_pretrained(str(path))
+        (merged(peft, in_place=True) if peft is not None else lm).save_pretrained(str(path), state_dict=state_dict)
     tokenizer.save_pretrained(str(path))

@@ -127,11 +127,18 @@ def count_parameters(model) -> int:
 
 
 def save_trained(trainer, tokenizer, out_dir: str | Path) -> None:
-    """A HF Trainer's model + tokenizer → a normal model dir, written beside `out_dir` then renamed."""
+    """A HF Trainer's model + tokenizer → a normal model dir, written beside `out_dir` then renamed, by the
+    main process. Every process calls it: under FSDP the Trainer's save gathers the shards first (a
+    collective; transformers' `save_model` then writes on the main process alone)."""
+    from reftflow.distributed import is_main_process
     from reftflow.io import atomic_dir
 
     from reftflow.lora import is_peft, merged
 
+    if not is_main_process():
+        if trainer.is_fsdp_enabled:
+            trainer.save_model(str(out_dir))  # joins the gather; writes nothing here
+        return
     with atomic_dir(out_dir) as tmp:
         if is_peft(trainer.model):  # LoRA: the adapters folded in, a plain model out (reftflow/lora.py)
             merged(trainer.model, in_place=True).save_pretrained(str(tmp))

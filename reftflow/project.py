@@ -91,7 +91,7 @@ STAGES: dict[str, dict[str, Any]] = {
     # params.yaml), so a change to another algorithm's keys reruns nothing.
     "rl": {"deps": ["models/sft", "data/prepared/train.jsonl", "data/prepared/val.jsonl"],
            "params": ["seed", *_keys("rl", _rl_shared_keys()), RL_ALGORITHM_KEY, "grader", "response_format",
-                      *_keys("model", ["torch_threads", "device", "bf16", "gradient_checkpointing", "lora"])],
+                      *_keys("model", ["torch_threads", "device", "bf16", "gradient_checkpointing", "lora", "fsdp"])],
            "outs": ["models/rl"],
            "metrics": [{"metrics/rl.json": {"cache": False}}],
            "plots": [{"plots/rl_curve.csv": {"x": "step", "y": "train_reward_mean", "cache": False}}]},

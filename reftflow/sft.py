@@ -43,6 +43,7 @@ def train_sft(records: list[Record], model_cfg: ModelConfig, cfg: SFTConfig, out
     from trl import SFTTrainer
 
     from reftflow import trainer_checkpoints
+    from reftflow.distributed import same_everywhere
     from reftflow.lora import peft_config, trainable_parameters
     from reftflow.modeling import context_length, count_parameters, init_model, load_model, save_trained
 
@@ -63,6 +64,7 @@ def train_sft(records: list[Record], model_cfg: ModelConfig, cfg: SFTConfig, out
                          callbacks=[hooks, trainer_checkpoints.mark_complete_callback()],
                          peft_config=peft_config(model_cfg.lora) if model_cfg.lora else None)
     trainable = trainable_parameters(trainer.model)
+    same_everywhere(resume and resume.name, "the SFT checkpoint to resume")
     if resume is not None:
         print(f"sft: resuming from {resume} (step {trainer_checkpoints.global_step(resume)})", flush=True)
         if on_log:  # the resumed run's record and curve start at step 1, as an uninterrupted one's do
@@ -111,6 +113,7 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, m
     so that a kill while the newest is written leaves the one before."""
     from trl import SFTConfig as TRLSFTConfig
 
+    from reftflow import fsdp
     from reftflow.modeling import device_and_precision
 
     device, bf16 = device_and_precision(model_cfg)
@@ -118,7 +121,7 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, m
         output_dir=str(work),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=per_process_batch(cfg.batch_size, "sft.batch_size"),
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
@@ -134,8 +137,20 @@ def _trl_config(cfg: SFTConfig, model_cfg: ModelConfig, work: Path, seed: int, m
         completion_only_loss=True,
         use_cpu=device.type != "cuda",
         bf16=bf16,  # accelerate's autocast, on the CPU too where it is native (reftflow/precision.py)
-        activation_checkpointing=model_cfg.gradient_checkpointing,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **fsdp.trl_args(model_cfg.fsdp, model_cfg.gradient_checkpointing),
     )
 
+
+def per_process_batch(batch_size: int, key: str) -> int:
+    """`batch_size` (one optimizer step's examples) split over the processes torchrun started: the same
+    training whatever the number of processes (the Trainer's batch is per process)."""
+    import os
+
+    from reftflow.errors import InputError
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_size % world:
+        raise InputError(f"{key}={batch_size} is not a multiple of the {world} processes: each takes an equal share")
+    return batch_size // world

@@ -44,6 +44,9 @@ def mark_complete_callback():
 
     class MarkComplete(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            # rank 0 writes the model and optimizer: another process may get here before they are written
+            if not state.is_world_process_zero:
+                return
             marker = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
             if marker.parent.is_dir():
                 marker.write_text("")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 
@@ -14,7 +13,7 @@ from reftflow.stage import main
 def run(params: Params, args) -> None:
     from reftflow import exits, precision
     from reftflow.data.records import common_fields, read_records
-    from reftflow.distributed import is_main_process
+    from reftflow.distributed import is_main_process, launch
     from reftflow.graders import build_grader
     from reftflow.io import write_csv, write_json
     from reftflow.modeling import device_and_precision
@@ -22,8 +21,9 @@ def run(params: Params, args) -> None:
     from reftflow.tracking import stage_run
 
     cfg = params.rl
-    if cfg.num_processes > 1 and "RANK" not in os.environ:
-        raise SystemExit(loop.relaunch(cfg.num_processes, args.params))
+    code = launch("rl", cfg.num_processes, args.params, "rl.num_processes")  # under torchrun?
+    if code is not None:
+        raise SystemExit(code)
     records = read_records(paths.TRAIN)
     grader = build_grader(params.grader, item_fields=common_fields(records), response_format=params.response_format,
                           model_cfg=params.model)

@@ -19,14 +19,18 @@ from reftflow.stage import main
 CURVE_FIELDS = ["step", "loss", "learning_rate", "grad_norm", "mean_token_accuracy"]
 
 
-def run(params: Params, _args) -> None:
+def run(params: Params, args) -> None:
     from reftflow.data.records import read_records
+    from reftflow.distributed import is_main_process, launch
     from reftflow.io import write_csv, write_json
     from reftflow import precision
     from reftflow.modeling import device_and_precision
     from reftflow.sft import train_sft
     from reftflow.tracking import stage_run
 
+    code = launch("sft", params.sft.num_processes, args.params, "sft.num_processes")  # under torchrun?
+    if code is not None:
+        raise SystemExit(code)
     bf16 = device_and_precision(params.model)[1]
     records = read_records(paths.TRAIN) + (read_records(paths.SFT_DATA) if paths.SFT_DATA.exists() else [])
     curve: list[dict[str, float]] = []
@@ -35,7 +39,8 @@ def run(params: Params, _args) -> None:
         run_log.log_dataset(paths.TRAIN, "train", context="training")
         log_base_identity(run_log)
         if not any(r.completion for r in records):
-            pass_through(params, run_log)
+            if is_main_process():
+                pass_through(params, run_log)
             return
 
         def on_log(step: int, metrics: dict[str, float]) -> None:
@@ -48,6 +53,8 @@ def run(params: Params, _args) -> None:
         run_log.set_tags({"reftflow.precision": precision.name(bf16)})
         summary = train_sft(records, params.model, params.sft, paths.SFT_MODEL, params.seed, on_log=on_log,
                             base_dir=paths.BASE_MODEL, checkpoint_dir=ckpt)
+        if not is_main_process():  # under torchrun only rank 0 writes (its model is every process's)
+            return
         run_log.log_metrics({f"sft/{k}": v for k, v in summary.items()})
         write_csv(paths.SFT_LOSS, curve, CURVE_FIELDS)
         write_json(paths.SFT_METRICS, {**summary, "precision": precision.name(bf16)})

@@ -24,9 +24,11 @@ from reftflow.data.synthetic import generate
 from tests.helpers import DIGITS, TINY, make_policy, rl_config
 
 
-def parameter_hash(module: torch.nn.Module) -> str:
+def parameter_hash(module: torch.nn.Module | dict) -> str:
+    """sha256 over a module's (or a state dict's) tensors, by name."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sleep", type=float, default=0.0, help="pause after each step (lets a test kill mid-run)")
+    ap.add_argument("--fsdp", action="store_true", help="model.fsdp: shard the policy over the processes")
+    ap.add_argument("--keep-checkpoints", action="store_true", help="leave checkpoints/ for a later run to resume")
     args = ap.parse_args(argv)
 
     from reftflow.rl import RLRun
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = rl_config("ppo", steps=args.steps, questions_per_step=args.questions, samples_per_question=args.k,
                     max_new_tokens=args.max_new_tokens, checkpoint_every=args.checkpoint_every,
                     minibatch_size=args.minibatch, lr=args.lr)
-    model = TINY.model_copy(update={"torch_threads": args.threads})
+    model = TINY.model_copy(update={"torch_threads": args.threads, "fsdp": args.fsdp})
     trainer = PPOTrainer(RLRun(work / "sft", generate(24, seed=1), cfg, DIGITS, work / "ppo", args.seed, model,
                                work / "checkpoints"))
     for metrics in trainer.train():
@@ -67,12 +71,25 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(args.sleep)
     trainer.save()
     trainer.accelerator.wait_for_everyone()
-    if trainer.rank == 0:
+    if trainer.rank == 0 and not args.keep_checkpoints:
         shutil.rmtree(work / "checkpoints", ignore_errors=True)
     info = {"rank": trainer.rank, "world_size": trainer.world_size, "questions_per_step": len(trainer.questions(1)),
-            "param_hash": parameter_hash(trainer.policy), "step": trainer.step,
+            "param_hash": _final_hash(trainer), "step": trainer.step, "sharded": trainer.sharded,
+            "local_numel": sum(getattr(p, "_local_tensor", p).numel() for p in trainer.model.parameters()),
+            "numel": sum(p.numel() for p in trainer.model.parameters()),
             "distributed_type": str(trainer.accelerator.distributed_type), "backend": str(trainer.accelerator.state.backend)}
     (work / f"rank{trainer.rank}.json").write_text(json.dumps(info))
+
+
+def _final_hash(trainer) -> str | None:
+    """The trained policy + value head's hash: every process's own copy under DDP; under FSDP the
+    whole state gathered (a collective), on rank 0 only."""
+    if not trainer.sharded:
+        return parameter_hash(trainer.policy)
+    from reftflow.fsdp import full_state
+
+    state = full_state(trainer.model)[0]
+    return parameter_hash(state) if state else None
 
 
 if __name__ == "__main__":

@@ -42,6 +42,12 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path):
         ("rl: [1, 2]\n", "'rl': Input should be a valid dictionary"),  # wrong shape
         ("rl:\n  grpo:\n    lr: -1\n", "'rl.grpo.lr': Input should be greater than 0"),  # out of range
         ("ppo:\n  lr: 1.0e-5\n", "section 'ppo' is now 'rl'"),  # a params.yaml from before the rename
+        ("sft:\n  batch_size: 6\n  num_processes: 4\n", "'sft': batch_size 6 must be a multiple of num_processes 4"),
+        # sharding rules across sections name their keys themselves
+        ("model:\n  fsdp: true\n", "model.fsdp: rl.algorithm raft runs on one process"),
+        ("model:\n  fsdp: true\nrl:\n  algorithm: ppo\n", "model.fsdp needs rl.eval_interval: 0"),
+        ("model:\n  fsdp: true\n  lora: {}\nrl:\n  algorithm: grpo\n  eval_interval: 0\n",
+         "model.fsdp with model.lora: sharding is for full fine-tuning"),
     ],
 )
 def test_bad_params_give_one_line_naming_file_and_key(tmp_path, yaml_text, expected):

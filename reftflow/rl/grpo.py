@@ -69,6 +69,7 @@ class GRPOAlgorithm:
         from trl import GRPOTrainer
 
         from reftflow import trainer_checkpoints
+        from reftflow.distributed import same_everywhere
         from reftflow.graders import as_reward_function
         from reftflow.lora import peft_config
         from reftflow.modeling import load_model
@@ -90,6 +91,7 @@ class GRPOAlgorithm:
                                    processing_class=self.tokenizer,
                                    callbacks=[self._lockstep.callback(), trainer_checkpoints.mark_complete_callback()],
                                    peft_config=peft_config(run.model.lora) if run.model.lora else None)
+        same_everywhere(self.resume_from and self.resume_from.name, "the GRPO checkpoint to resume")
 
     @property
     def lm(self):
@@ -122,6 +124,7 @@ def _trl_config(run: RLRun, sizes: dict[str, int], work: Path):
     `rl.checkpoint_every` RL steps when the stage keeps them, precision by `model.bf16`."""
     from trl import GRPOConfig
 
+    from reftflow import fsdp
     from reftflow.modeling import device_and_precision
 
     cfg, section = run.cfg, run.cfg.grpo
@@ -153,8 +156,8 @@ def _trl_config(run: RLRun, sizes: dict[str, int], work: Path):
         data_seed=run.seed,
         use_cpu=device.type != "cuda",
         bf16=bf16,
-        activation_checkpointing=run.model.gradient_checkpointing,
         dataloader_num_workers=0,
+        **fsdp.trl_args(run.model.fsdp, run.model.gradient_checkpointing),
     )
 
 

@@ -1,6 +1,6 @@
 """The RL stage's loop around any algorithm of the protocol: the run's checkpoint identity, the
-validation curve, the progress bar, every step logged (and replayed after a resume), and the
-relaunch under torchrun. `tasks/rl.py` wires it to the stage's files and its MLflow run.
+validation curve, the progress bar, and every step logged (and replayed after a resume). `tasks/rl.py`
+wires it to the stage's files and its MLflow run (and relaunches under torchrun: reftflow/distributed.py).
 """
 
 from __future__ import annotations
@@ -33,18 +33,10 @@ def checkpoint_dir(params: Params) -> Path:
     shared = cfg.model_dump(exclude={"ppo", "raft", "grpo"})
     key = json.dumps({"rl": shared, cfg.algorithm: cfg.algo.model_dump(),
                       "lora": params.model.lora and params.model.lora.model_dump(), "bf16": params.model.bf16,
+                      **({"fsdp": True} if params.model.fsdp else {}),  # its optimizer state is saved otherwise
                       "seed": params.seed, "grader": params.grader, "sft": sft, "train": file_md5(paths.TRAIN)},
                      sort_keys=True)
     return paths.CHECKPOINTS / "rl" / hashlib.md5(key.encode()).hexdigest()[:12]
-
-
-def relaunch(n: int, params_file: str) -> int:
-    """Run this stage under torchrun with n processes (what `accelerate launch --multi_gpu` also does)."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "tasks.rl", "--params", params_file]
-    return subprocess.run(cmd).returncode
 
 
 def curve_row(metrics: dict[str, float]) -> dict[str, float]:

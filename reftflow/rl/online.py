@@ -10,6 +10,7 @@ what an uninterrupted one would have done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Iterator
 import torch
 
 from reftflow import generation, precision
-from reftflow.distributed import is_main_process
+from reftflow.distributed import is_main_process, same_everywhere
 from reftflow.modeling import device_and_precision
 from reftflow.prompting import render_prompt
 from reftflow.rl import RLRun, checkpoint
@@ -47,6 +48,7 @@ class OnlineTrainer:
         self.questions = QuestionSchedule(len(run.records), run.cfg.questions_per_step, run.seed, self.rank,
                                           self.world_size)
         self.resume_from = checkpoint.latest(self.checkpoint_dir)
+        same_everywhere(self.resume_from and self.resume_from.name, f"the {self.label} checkpoint to resume")
         self._items = [r.item for r in run.records]
         self.tokenizer = self._load()
         self.tokenizer.padding_side = "left"
@@ -80,6 +82,18 @@ class OnlineTrainer:
     def _barrier(self) -> None:
         """Wait for every process (one process: nothing to wait for)."""
 
+    def _whole_policy(self):
+        """A context in which the sampler can run the policy: nothing to do unless it is sharded."""
+        return contextlib.nullcontext()
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        """The optimizer's state from a checkpoint (what `_optimizer_state` saved)."""
+        self.optimizer.load_state_dict(state)
+
+    def _optimizer_state(self) -> dict:
+        """What a checkpoint keeps of the optimizer (called on the main process)."""
+        return self.optimizer.state_dict()
+
     # -- shared pieces --------------------------------------------------------------------------------
     def _rng(self, step: int, purpose: str) -> int:
         """The seed of `purpose` ("sample", "minibatch") at `step` on this process."""
@@ -98,7 +112,7 @@ class OnlineTrainer:
                                        num_training_steps=self.cfg.steps)
         if self.resume_from is not None:
             state = checkpoint.load(self.resume_from, self.rank)
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizer_state(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step = int(state["step"])
             if is_main_process():
@@ -113,7 +127,7 @@ class OnlineTrainer:
         K = self.cfg.samples_per_question
         torch.manual_seed(self._rng(step, "sample"))
         t0 = time.perf_counter()
-        with self.autocast():
+        with self._whole_policy(), self.autocast():
             ro = generation.sample(self._sampler_model, self.tokenizer,
                                    [self._prompt_tokens[i] for i in questions for _ in range(K)],
                                    self.cfg.max_new_tokens, self.cfg.temperature, group_size=K)
@@ -152,6 +166,6 @@ class OnlineTrainer:
         """Policy, optimizer, scheduler, RNG states and step (`reftflow.rl.checkpoint`)."""
         return checkpoint.save(
             self.checkpoint_dir, self.step, lambda d: self._save_policy(d, final=False),
-            lambda: {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            lambda: {"optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                      "world_size": self.world_size},
             rank=self.rank, barrier=self._barrier)

@@ -16,17 +16,21 @@ an uninterrupted one would have done. Only the main process yields metrics and w
 Run with several processes: `rl.num_processes: 2` in params.yaml (the stage relaunches itself under
 torchrun), or `accelerate launch --multi_gpu --num_processes 2 -m tasks.rl` (on a CPU-only machine
 with CUDA_VISIBLE_DEVICES= this is DDP over gloo; accelerate 1.15's `--cpu` launcher starts one
-process unless mpirun is set up).
+process unless mpirun is set up). Over several machines: README, "Training on several nodes".
+`model.fsdp` shards the policy, the reference and the optimizer state instead (FSDP2 through accelerate,
+reftflow/fsdp.py); sampling, saving and checkpoints gather the whole policy on every process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from reftflow import fsdp
 from reftflow.forward import response_logprobs
 from reftflow.graders.base import FULL_MARKS
 from reftflow.lora import adapters_disabled
@@ -80,13 +84,21 @@ class PPOTrainer(OnlineTrainer):
         # the scheduler is stepped once per PPO step, not wrapped by accelerate (which would step it per process)
         self.model, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         del self._policy
+        if self.sharded:
+            if self.ref is not None:  # sharded like the policy (accelerate shards what it prepares; no optimizer)
+                self.ref = self.accelerator.prepare(self.ref)
+            if self._resumed_optimizer is not None:  # a shard per process, known only once the model is sharded
+                fsdp.load_optimizer_state(self.model, self.optimizer.optimizer, self._resumed_optimizer)
+                self._resumed_optimizer = None
 
     def _start_processes(self) -> tuple[int, int]:
-        from accelerate import Accelerator
-
         # precision is applied by `self.autocast()` (reftflow/precision.py), not accelerate's mixed_precision:
         # accelerate's state is a process-wide singleton that an earlier Trainer may have set differently
-        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+        self.accelerator = fsdp.accelerator(cpu=self.device.type == "cpu", fsdp=self.run.model.fsdp)
+        self.sharded = fsdp.is_sharded(self.accelerator)
+        self._full: tuple[dict, dict | None] | None = None
+        """the whole model's (and optimizer's) state while a save is under way under FSDP (`_gathered`)."""
+        self._resumed_optimizer: dict | None = None
         self.device = self.accelerator.device
         world_size = self.accelerator.num_processes
         if self.cfg.questions_per_step % world_size:
@@ -125,8 +137,40 @@ class PPOTrainer(OnlineTrainer):
     def _barrier(self) -> None:
         self.accelerator.wait_for_everyone()
 
+    # -- under FSDP (`model.fsdp`): what needs the whole model, on every process ------------------------
+    def _whole_policy(self):
+        return fsdp.full_parameters(self.model) if self.sharded else super()._whole_policy()
+
+    @contextlib.contextmanager
+    def _gathered(self, optimizer: bool = False):
+        """Under FSDP, the whole state for the main process to save while the block runs (a collective)."""
+        if self.sharded:
+            self._full = fsdp.full_state(self.model, self.optimizer.optimizer if optimizer else None)
+        try:
+            yield
+        finally:
+            self._full = None
+
+    def save(self) -> None:
+        with self._gathered():
+            super().save()
+
+    def save_checkpoint(self) -> Path:
+        with self._gathered(optimizer=True):
+            return super().save_checkpoint()
+
+    def _optimizer_state(self) -> dict:
+        return self._full[1] if self._full is not None else super()._optimizer_state()
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        if self.sharded:  # loaded into the shards once `prepare` has made them (see __init__)
+            self._resumed_optimizer = state
+        else:
+            super()._load_optimizer_state(state)
+
     def _save_policy(self, path: Path, final: bool) -> None:
-        self.policy.save(path, self.tokenizer, self.peft, final=final)
+        self.policy.save(path, self.tokenizer, self.peft, final=final,
+                         state_dict=self._full[0] if self._full is not None else None)
 
     # -- one step ---------------------------------------------------------------------------------
     def _train_step(self) -> dict[str, float]:
@@ -181,7 +225,7 @@ class PPOTrainer(OnlineTrainer):
         mean = batch.scores.float().mean().reshape(1)
         if self.world_size > 1:
             mean = self.accelerator.reduce(mean, reduction="mean")
-        self.policy.value_head.bias.add_(mean.to(self.policy.value_head.bias.dtype))
+        self.policy.value_head.bias.add_(float(mean))  # a number: under FSDP the bias is a shard (a DTensor)
         batch.old_values.add_(mean * batch.mask)
 
     def _minibatch_questions(self) -> int:
@@ -194,7 +238,8 @@ class PPOTrainer(OnlineTrainer):
         K, R, B = self.cfg.samples_per_question, batch.response_length, batch.input_ids.shape[0]
         mb = self._minibatch_questions() * K
         ref = self.ref if self.ref is not None else self.lm
-        with adapters_disabled(self.peft), self.autocast():
+        whole = fsdp.full_parameters(ref) if self.sharded else contextlib.nullcontext()
+        with whole, adapters_disabled(self.peft), self.autocast():
             return torch.cat([
                 response_logprobs(ref, batch.input_ids[s : s + mb], batch.attention_mask[s : s + mb], R,
                                   self.cfg.temperature, group_size=K).float()
@@ -246,6 +291,8 @@ class PPOTrainer(OnlineTrainer):
                 # backward before any check: every process must join the gradient all-reduce
                 acc.backward(loss)
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                if hasattr(grad_norm, "full_tensor"):  # under FSDP, a DTensor
+                    grad_norm = grad_norm.full_tensor()
                 self._guard(torch.isfinite(loss), step, "loss", f"policy {pg_loss.item():.4g}, value {v_loss.item():.4g}",
                             reduce=False)
                 self._guard(torch.isfinite(grad_norm), step, "gradient norm", f"{float(grad_norm):.4g}", reduce=False)

@@ -42,6 +42,13 @@ class PolicyWithValue(nn.Module):
             self.value_head.bias.zero_()
 
     @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The LM's decoder layer classes: accelerate's FSDP auto-wrap reads this attribute of the model it
+        prepares and makes each such layer one shard unit (accelerate/utils/dataclasses.py
+        `set_auto_wrap_policy`)."""
+        return getattr(self.policy, "_no_split_modules", None)
+
+    @property
     def backbone(self) -> nn.Module:
         """The transformer without its LM head: hidden states in, hidden states out."""
         return self.policy.base_model
@@ -95,10 +102,11 @@ class PolicyWithValue(nn.Module):
         return logp, values, entropy
 
     # -- save / load ------------------------------------------------------------------------
-    def save(self, path: str | Path, tokenizer, peft=None, final: bool = True) -> None:
+    def save(self, path: str | Path, tokenizer, peft=None, final: bool = True, state_dict: dict | None = None) -> None:
         """A normal HF model dir + tokenizer with `value_head.safetensors` beside it. With LoRA (`peft`, the
         peft model around `policy`), a checkpoint (`final` False) holds the adapters only; the final save
-        merges them into a plain model (reftflow/lora.py)."""
+        merges them into a plain model (reftflow/lora.py). `state_dict`: this module's whole state to write
+        instead of its own (under FSDP each process holds a shard: reftflow/fsdp.py `full_state`)."""
         from safetensors.torch import save_file
 
         from transformers.utils import logging as hf_logging
@@ -109,12 +117,20 @@ class PolicyWithValue(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         bar = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a "Writing model shards" bar per checkpoint is noise
+        policy_state = None
+        if state_dict is not None:
+            from reftflow.fsdp import drop_tied
+
+            policy_state = drop_tied(self.policy, {k.removeprefix("policy."): v for k, v in state_dict.items()
+                                                   if k.startswith("policy.")})
         try:
-            save_weights(path, self.policy, peft, tokenizer, final)
+            save_weights(path, self.policy, peft, tokenizer, final, state_dict=policy_state)
         finally:
             if bar:
                 hf_logging.enable_progress_bar()
-        state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
+        head = self.value_head.state_dict() if state_dict is None else {
+            k.removeprefix("value_head."): v for k, v in state_dict.items() if k.startswith("value_head.")}
+        state = {k: v.detach().contiguous().cpu() for k, v in head.items()}
         save_file(state, str(path / VALUE_HEAD_FILE))
 
     def load_value_head(self, path: str | Path) -> bool:
