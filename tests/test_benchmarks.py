@@ -19,15 +19,25 @@ def test_reft_vs_sft_quick_writes_the_documented_keys(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
-    for arm in ("warmup", "sft_continued", "ppo", "grpo", "raft"):
-        assert 0.0 <= data["heldout_accuracy"][arm]["mean"] <= 1.0 and data["heldout_accuracy"][arm]["std"] >= 0.0
-    assert len(data["seeds"]) >= 3
-    assert data["episodes_per_s"]["ppo"] > 0 and data["episodes_per_s"]["grpo"] > 0 and data["episodes_per_s"]["raft"] > 0
-    assert all(row["raft_steps"] >= 1 and row["grpo_steps"] >= 1 for row in data["per_seed"])
-    fractions = data["ppo_step_fraction"]
-    assert set(fractions) == {"generate", "forward", "update", "other"}
-    assert sum(fractions.values()) == pytest.approx(1.0, abs=0.02)
-    assert "(c) PPO" in proc.stdout and "(e) RAFT" in proc.stdout
+    assert set(data["tasks"]) == {"arithmetic", "genes"}  # --quick: the tiny-model tasks
+    for name, task in data["tasks"].items():
+        arms = task["arms"]
+        assert set(arms) == {"warmup", "sft_continued", "ppo", "grpo", "raft"}
+        assert len(task["seeds"]) >= 3 and len(arms["warmup"]["pass_rate"]["per_seed"]) == 1  # one warm-up
+        for arm, row in arms.items():
+            for metric in ("pass_rate", "mean_score"):
+                stats = row[metric]
+                assert 0.0 <= stats["mean"] <= 1.0 and stats["std"] >= 0.0, (name, arm, metric)
+                against = {"vs_ppo"} if arm == "warmup" else {"vs_warmup"} | ({"vs_ppo"} if arm != "ppo" else set())
+                for key in against:
+                    assert stats[key]["low"] <= stats[key]["diff"] <= stats[key]["high"], (name, arm, key)
+            if arm != "warmup":
+                assert len(row["runs"]) == len(task["seeds"]) and all(r["steps"] >= 1 for r in row["runs"])
+        assert all(task["episodes_per_s"][a] > 0 for a in ("ppo", "grpo", "raft"))
+        assert f"{name}: " in proc.stdout
+    shares = data["tasks"]["genes"]["genes"]
+    assert all(0.0 <= v <= 1.0 for kind in shares.values() for v in kind.values()), shares
+    assert "(c) PPO" in proc.stdout and "(e) RAFT" in proc.stdout and "listing a gene twice" in proc.stdout
 
 
 def test_regime_probe_runs_each_mode_and_logs_json(tmp_path):

@@ -144,7 +144,11 @@ def test_two_projects_on_one_tracking_server_are_not_mixed_up(two_projects, serv
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the refused run logged nothing
         parent = parents[0].info.run_id
         children = client.search_runs(exps, filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-        assert sorted(c.info.run_name for c in children) == ["evaluate", "gate", "prepare", "rl", "sft"]
+        # a stage the flow retried (a store locked for longer than RetryingClient waits, under load) leaves its
+        # failed attempt as a child too: one FINISHED child per stage, any other one from an attempt that failed
+        finished = sorted(c.info.run_name for c in children if c.info.status == "FINISHED")
+        attempts = sorted((c.info.run_name, c.info.status) for c in children)
+        assert finished == ["evaluate", "gate", "prepare", "rl", "sft"], attempts
         assert {c.data.tags["reftflow.project"] for c in children} == {key}
         champion = client.get_model_version_by_alias(f"policy-{name}", "champion")
         assert champion.version == "1"  # each model has its own versions: one run each

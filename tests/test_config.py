@@ -96,6 +96,17 @@ def test_params_yaml_and_the_typed_defaults_agree_on_every_key():
 
     shipped = load_params(ROOT / "params.yaml").model_dump()
     assert shipped == parse_params({}).model_dump()
+
+    def keys(tree: dict, prefix: str = "") -> set[str]:  # every key path, down to the typed leaves
+        out = set()
+        for k, v in tree.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in {"grader", "hf_columns", "lora", "response_format"}:
+                out |= keys(v, f"{prefix}{k}.")
+        return out
+
+    written = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert keys(written) == keys(shipped)  # params.yaml writes out every key (nothing hidden in a default)
     assert yaml.safe_load((ROOT / "params.yaml").read_text()) == yaml.safe_load(
         (ROOT / "reftflow/examples/arithmetic/params.yaml").read_text())
 

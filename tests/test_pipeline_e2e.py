@@ -1,7 +1,7 @@
 """End to end: the Prefect flow over a real DVC repo, a real MLflow SQLite store and Prefect's
 test server, on a tiny config with the shipped `rl.algorithm`. Then: nothing changed → nothing trains;
 a key of another RL algorithm → nothing runs; a key of the chosen one → rl runs again (and evaluate, when
-the model changed), and the gate."""
+its model or curve changed), and the gate."""
 
 from __future__ import annotations
 
@@ -112,12 +112,14 @@ def test_pipeline_end_to_end(tmp_path, monkeypatch, prefect_server):
     summary = pipeline(project_dir=str(project), run_name="other-algorithm")
     assert summary["ran"] == dict.fromkeys(STAGES, False)
 
-    # 4. a key of the chosen algorithm (and a stricter gate): rl runs again, and evaluate when the model changed
+    # 4. a key of the chosen algorithm (and a stricter gate): rl runs again, and evaluate when the model or its
+    # curve changed (evaluate's report plots the curve)
     # (the tiny model may earn no reward to learn from); the gate fails, nothing promoted
-    before = (project / "models/rl/model.safetensors").read_bytes()
+    outputs = ("models/rl/model.safetensors", "plots/rl_curve.csv")
+    before = [(project / rel).read_bytes() for rel in outputs]
     set_params(project, rl={chosen: {"lr": 0.5}}, gate={"min_pass_rate": 1.0})  # the tiny model cannot reach it
     summary = pipeline(project_dir=str(project), run_name="rl-change")
-    changed = (project / "models/rl/model.safetensors").read_bytes() != before
+    changed = [(project / rel).read_bytes() for rel in outputs] != before
     assert summary["ran"] == {"prepare": False, "base": False, "sft": False, "rl": True, "evaluate": changed,
                               "gate": True}
     assert summary["gate"]["decision"] == "fail" and summary["gate"]["registered"] is None
