@@ -48,7 +48,7 @@ run: setup  ## run the pipeline (Prefect flow: prepare → base → sft → rl �
 	$(PY) -m flows.pipeline
 
 test: setup chromium  ## run the test suite (unit, stage and end-to-end)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup  ## the edit loop: every test not marked slow (under 3 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
