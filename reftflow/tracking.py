@@ -102,6 +102,11 @@ _TRANSIENT = ("database is locked", "database table is locked", "unable to open 
               "max retries", "timed out", "timeout", "temporarily unavailable", "502", "503", "504")
 
 
+def _duplicate_dataset(e: Exception) -> bool:  # PostgreSQL, SQLite and MySQL's words for it
+    text = str(e).lower()
+    return "dataset" in text and any(t in text for t in ("unique constraint", "duplicate entry"))
+
+
 def _transient(e: Exception) -> bool:
     """A locked SQLite store or an unreachable server, which may pass; not a refused request."""
     return isinstance(e, (ConnectionError, TimeoutError)) or any(t in str(e).lower() for t in _TRANSIENT)
@@ -211,7 +216,17 @@ class RunLogger:
         md5 = file_md5(path)
         ds = MetaDataset(source=source, name=name, digest=md5)
         tags = [InputTag("mlflow.data.context", context), InputTag("dvc_md5", md5)]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
+        inputs = [DatasetInput(ds._to_mlflow_entity(), tags=tags)]
+        for attempt in range(TRACKING_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return md5
+            except Exception as e:  # noqa: BLE001 - a RestException or SQLAlchemy's IntegrityError
+                # MLflow's store looks the dataset up, then inserts it: two projects logging the same data to
+                # one experiment at once can both miss it, and the second insert breaks the (experiment,
+                # name, digest) key. Once the first one's row is there, a second try links to it.
+                if not _duplicate_dataset(e) or attempt == TRACKING_ATTEMPTS - 1:
+                    raise
         return md5
 
 
