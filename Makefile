@@ -73,6 +73,7 @@ mlflow-server: setup  ## start a shared MLflow tracking server on PostgreSQL (pr
 benchmark: setup  ## run the benchmarks (each prints a table and writes JSON under benchmarks/results/)
 	$(PY) benchmarks/graders.py
 	$(PY) benchmarks/ppo_speed.py
+	$(PY) benchmarks/precision.py
 
 clean:  ## remove pipeline outputs (keeps .venv, the MLflow store and the DVC cache)
 	rm -rf data/prepared data/predictions models metrics plots checkpoints dvc.lock

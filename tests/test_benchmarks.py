@@ -64,3 +64,18 @@ def test_regime_probe_runs_each_mode_and_logs_json(tmp_path):
     assert [r["mode"] for r in rows] == ["warm", "sft", "rl", "rl", "raft"]  # rl: evaluated at steps 1 and 2
     with pytest.raises(SystemExit):
         probe.main(["rl", "--name", "x", *tiny])  # sft/rl/raft need --warm
+
+
+def test_precision_quick_times_both_precisions_and_says_what_auto_picks(tmp_path):
+    out = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, "benchmarks/precision.py", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["auto_picks"] == ("bf16" if data["native_bf16"] else "float32")
+    assert len(data["shapes"]) == 2
+    for row in data["shapes"].values():
+        for part in ("train_step_s", "generate_s"):
+            f32, bf16 = row["median_s"]["float32"][part], row["median_s"]["bf16"][part]
+            assert f32 > 0 and bf16 > 0 and abs(row["bf16_over_float32"][part] - bf16 / f32) < 1e-9
+    assert f"auto picks {data['auto_picks']}" in proc.stdout and "tiny (default)" in proc.stdout
