@@ -13,12 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # each runs a benchmark end to end
 
 
-def test_reft_vs_sft_quick_writes_the_documented_keys(tmp_path):
-    out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "benchmarks/reft_vs_sft.py", "--quick", "--out", str(out)], cwd=ROOT,
+def run_quick(script: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`python benchmarks/<script> --quick --out OUT` as a user runs it: its output and the JSON it wrote."""
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_reft_vs_sft_quick_writes_the_documented_keys(tmp_path):
+    proc, data = run_quick("reft_vs_sft.py", tmp_path / "r.json")
     assert set(data["tasks"]) == {"arithmetic", "genes"}  # --quick: the tiny-model tasks
     for name, task in data["tasks"].items():
         arms = task["arms"]
@@ -67,11 +71,7 @@ def test_regime_probe_runs_each_mode_and_logs_json(tmp_path):
 
 
 def test_precision_quick_times_both_precisions_and_says_what_auto_picks(tmp_path):
-    out = tmp_path / "p.json"
-    proc = subprocess.run([sys.executable, "benchmarks/precision.py", "--quick", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    proc, data = run_quick("precision.py", tmp_path / "p.json")
     assert data["auto_picks"] == ("bf16" if data["native_bf16"] else "float32")
     assert len(data["shapes"]) == 2
     for row in data["shapes"].values():
